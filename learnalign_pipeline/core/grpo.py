@@ -1,0 +1,121 @@
+"""The one GRPO loss. The trainer minimizes it and the gradient-feature stage differentiates it per problem, so
+the direction a problem is scored by is exactly the direction training would move on it.
+
+Shapes: R rollouts (rows) belonging to P problems; T tokens per row (prompt + completion, right-padded so that
+positions match generation). Every aggregation below normalizes a problem's loss by quantities of that problem
+alone, which makes sum_p loss_p separable: the gradient of the sum restricted to problem p's rows is exactly
+grad loss_p. Batched per-problem gradients rely on this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+Aggregation = Literal["sample_mean", "token_mean", "constant"]
+
+
+@dataclass(frozen=True)
+class GRPOLossConfig:
+    beta: float = 0.04  # weight of the k3 KL estimate against the reference policy (0 disables it)
+    clip_epsilon: float = 0.2  # PPO clip range for the importance ratio
+    scale_rewards: bool = True  # divide advantages by the group's reward std (GRPO); False gives Dr. GRPO
+    advantage_eps: float = 1e-4  # added to the std before dividing
+    aggregation: Aggregation = "sample_mean"  # sample_mean: original GRPO; token_mean; constant: Dr. GRPO
+    max_completion_tokens: int = 32  # normalizer for "constant" aggregation
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: torch.Tensor  # [R, T] prompt then completion, right-padded
+    attention_mask: torch.Tensor  # [R, T]
+    completion_mask: torch.Tensor  # [R, T-1] 1 where target token t+1 is a completion token
+    problem_index: torch.Tensor  # [R] which problem (0..P-1) each row samples
+    advantages: torch.Tensor  # [R]
+    num_problems: int
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> torch.Tensor:
+    """[P, K] rewards -> [P, K] advantages; a group whose rewards are all equal gets exactly zero."""
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centered
+    std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(centered[:, :1])
+    return centered / (std + eps)
+
+
+def build_rollout_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[Sequence[int]]],
+    advantages: torch.Tensor,
+    pad_id: int,
+) -> RolloutBatch:
+    """Tensors for P problems: prompt_ids[p] and its completions completion_ids[p][k], advantages [P, K]."""
+    rows, prompt_lens, owners, row_adv = [], [], [], []
+    for p, (prompt, completions) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        for k, completion in enumerate(completions):
+            rows.append(list(prompt) + list(completion))
+            prompt_lens.append(len(prompt))
+            owners.append(p)
+            row_adv.append(float(advantages[p, k]))
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32)
+    for i, (row, plen) in enumerate(zip(rows, prompt_lens)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        completion_mask[i, plen - 1 : len(row) - 1] = 1.0  # logits at t predict token t+1
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        completion_mask=completion_mask,
+        problem_index=torch.tensor(owners, dtype=torch.long),
+        advantages=torch.tensor(row_adv, dtype=torch.float32),
+        num_problems=len(prompt_ids),
+    )
+
+
+def token_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    """[R, T-1] log-probability of each next token under `model` (sampling temperature applied)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = batch.input_ids[:, 1:].unsqueeze(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def per_problem_loss(
+    logp: torch.Tensor,
+    batch: RolloutBatch,
+    config: GRPOLossConfig,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[P] GRPO loss of each problem (to minimize). `old_logp=None` means on-policy: ratio 1, clipping inert."""
+    old = logp.detach() if old_logp is None else old_logp
+    ratio = torch.exp(logp - old)
+    adv = batch.advantages.unsqueeze(1)
+    eps = config.clip_epsilon
+    token_loss = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
+    if config.beta:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probabilities")
+        log_ratio = ref_logp - logp
+        token_loss = token_loss + config.beta * (torch.exp(log_ratio) - log_ratio - 1)
+    mask = batch.completion_mask
+    row_sum = (token_loss * mask).sum(dim=1)
+    row_tokens = mask.sum(dim=1)
+    owner, num = batch.problem_index, batch.num_problems
+    rows_per_problem = torch.zeros(num).index_add_(0, owner, torch.ones_like(row_sum))
+    if config.aggregation == "sample_mean":
+        row_mean = row_sum / row_tokens.clamp(min=1)
+        return torch.zeros(num).index_add(0, owner, row_mean) / rows_per_problem.clamp(min=1)
+    problem_sum = torch.zeros(num).index_add(0, owner, row_sum)
+    if config.aggregation == "token_mean":
+        return problem_sum / torch.zeros(num).index_add_(0, owner, row_tokens).clamp(min=1)
+    if config.aggregation == "constant":
+        return problem_sum / (rows_per_problem.clamp(min=1) * config.max_completion_tokens)
+    raise ValueError(f"unknown aggregation {config.aggregation!r}")

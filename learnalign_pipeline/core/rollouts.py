@@ -1,0 +1,90 @@
+"""Rollouts: K samples per problem from a generation backend, each rewarded by a verifier."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import polars as pl
+
+from .generation import GenerationBackend, SamplingSpec, prompt_seeds
+from .prompts import render
+
+ROLLOUT_SCHEMA = {
+    "problem_id": pl.String(),
+    "sample_index": pl.Int32(),
+    "seed": pl.Int64(),
+    "completion": pl.String(),
+    "token_ids": pl.List(pl.Int32()),
+    "num_tokens": pl.Int32(),
+    "finish_reason": pl.String(),
+    "reward": pl.Float32(),
+}
+
+
+class Verifier(Protocol):
+    name: str
+
+    def score_batch(self, completions: list[str], golds: list[str]) -> list[float]: ...
+
+
+def sample_rollouts(
+    backend: GenerationBackend,
+    problems: pl.DataFrame,
+    spec: SamplingSpec,
+    verifier: Verifier,
+    template: str,
+    base_seed: int,
+) -> pl.DataFrame:
+    """One row per (problem, sample) with the completion, its token ids and its reward."""
+    ids = problems["problem_id"].to_list()
+    prompts = [render(template, p) for p in problems["prompt"].to_list()]
+    seeds = prompt_seeds(ids, base_seed, spec.num_samples)
+    groups = backend.generate(prompts, spec, seeds)
+    rows: dict[str, list] = {k: [] for k in ROLLOUT_SCHEMA}
+    for pid, seed, group in zip(ids, seeds, groups, strict=True):
+        for j, c in enumerate(group):
+            rows["problem_id"].append(pid)
+            rows["sample_index"].append(j)
+            rows["seed"].append(seed + j)
+            rows["completion"].append(c.text)
+            rows["token_ids"].append(list(c.token_ids))
+            rows["num_tokens"].append(len(c.token_ids))
+            rows["finish_reason"].append(c.finish_reason)
+    golds = problems["answer"].to_list()
+    rows["reward"] = verifier.score_batch(rows["completion"], [golds[i // spec.num_samples] for i in range(len(rows["completion"]))])
+    return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+
+
+def success_rates(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """Per problem: samples, successes and success rate p, in first-appearance order of the problems."""
+    return rollouts.group_by("problem_id", maintain_order=True).agg(
+        pl.len().cast(pl.Int32).alias("num_samples"),
+        pl.col("reward").sum().cast(pl.Int32).alias("num_correct"),
+        pl.col("reward").mean().alias("success_rate"),
+        pl.col("num_tokens").mean().alias("mean_completion_tokens"),
+    )
+
+
+def to_rollout_batch(
+    problems: pl.DataFrame, rollouts: pl.DataFrame, tokenizer, template: str, scale_rewards: bool, advantage_eps: float
+):
+    """The GRPO tensors for `problems` (in their order) from their rows in `rollouts`.
+
+    Both the trainer and the gradient-feature stage build their batches here, so they see identical
+    token ids, masks and advantages for the same rollouts.
+    """
+    import torch
+
+    from .grpo import build_rollout_batch, group_advantages
+
+    by_problem = rollouts.group_by("problem_id", maintain_order=True).agg(
+        pl.col("token_ids").sort_by("sample_index"), pl.col("reward").sort_by("sample_index")
+    )
+    order = problems.select("problem_id", "prompt").join(by_problem, on="problem_id", how="left", maintain_order="left")
+    if order["token_ids"].null_count():
+        missing = order.filter(pl.col("token_ids").is_null())["problem_id"].head(3).to_list()
+        raise ValueError(f"rollouts are missing for {order['token_ids'].null_count()} problems, e.g. {missing}")
+    prompt_ids = [tokenizer(render(template, p))["input_ids"] for p in order["prompt"].to_list()]
+    rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32)
+    advantages = group_advantages(rewards, scale=scale_rewards, eps=advantage_eps)
+    return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)

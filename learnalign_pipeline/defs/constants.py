@@ -1,0 +1,29 @@
+"""Tags shared by the heavy (accelerator) steps, so a cluster deployment places and limits them."""
+
+from __future__ import annotations
+
+# Requests for Dagster's Kubernetes executor / run launcher (dagster-k8s reads this op tag at launch).
+GPU_K8S_CONFIG = {
+    "container_config": {
+        "resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"}, "limits": {"nvidia.com/gpu": "1"}}
+    },
+    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+}
+
+GPU_POOL = "gpu"
+
+
+def gpu_op() -> dict:
+    """Step-level keyword arguments of an accelerator step: the `gpu` pool (limit it with
+    `dagster instance concurrency set gpu <n>`) and k8s resource requests."""
+    return {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": GPU_K8S_CONFIG}}
+
+
+def gpu_asset(*kinds: str) -> dict:
+    """Asset-level keyword arguments of an accelerator asset: kinds and a hardware tag (for `tag:hardware=gpu`)."""
+    return {"kinds": {"pytorch", *kinds}, "tags": {"hardware": "gpu"}}
+
+
+def gpu_step(*kinds: str) -> dict:
+    """Everything an @asset on an accelerator needs (for a @multi_asset use gpu_op and gpu_asset per output)."""
+    return {**gpu_op(), **gpu_asset(*kinds)}

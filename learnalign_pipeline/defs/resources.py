@@ -1,0 +1,75 @@
+"""Resources shared by the stages: where artifacts live, how problems are posed and checked, the GRPO loss."""
+
+
+import os
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ..core.grpo import GRPOLossConfig
+from ..core.verify import NumericVerifier
+from .io_manager import ArtifactIOManager
+
+
+def project_home() -> Path:
+    """Local state of this code location: artifacts, results database, Dagster instance (`LEARNALIGN_HOME`)."""
+    return Path(os.environ.get("LEARNALIGN_HOME", Path.cwd() / ".learnalign")).resolve()
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Scratch space on the artifact filesystem, so finished checkpoints are published by an atomic rename."""
+
+    root: str
+
+    def staging_dir(self) -> Path:
+        path = Path(self.root) / ".staging" / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
+
+
+class TaskSettings(dg.ConfigurableResource):
+    """How a problem is posed to the policy and how its answer is checked; shared by every generating stage."""
+
+    template: str = "qa"  # prompt template name (core.prompts.TEMPLATES)
+    verifier: Literal["numeric_flexible", "numeric_strict"] = "numeric_flexible"
+    max_new_tokens: int = 24  # completion length limit for rollouts, training and benchmarks
+
+    def make_verifier(self) -> NumericVerifier:
+        mode = self.verifier.removeprefix("numeric_")
+        return NumericVerifier(mode=mode, name=self.verifier)  # type: ignore[arg-type]
+
+
+class GRPOLoss(dg.ConfigurableResource):
+    """The GRPO loss, one definition for warm-up, gradient features and training so they agree."""
+
+    beta: float = 0.04  # KL weight against the reference (pre-trained) policy, LearnAlign's setting
+    clip_epsilon: float = 0.2
+    scale_rewards: bool = True  # std-normalized advantages (GRPO); False for Dr. GRPO
+    aggregation: Literal["sample_mean", "token_mean", "constant"] = "sample_mean"
+
+    def config(self, max_new_tokens: int) -> GRPOLossConfig:
+        return GRPOLossConfig(
+            beta=self.beta,
+            clip_epsilon=self.clip_epsilon,
+            scale_rewards=self.scale_rewards,
+            aggregation=self.aggregation,
+            max_completion_tokens=max_new_tokens,
+        )
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    home = project_home()
+    artifacts = str(home / "artifacts")
+    return dg.Definitions(
+        resources={
+            "io_manager": ArtifactIOManager(root=artifacts),
+            "store": ArtifactStore(root=artifacts),
+            "task": TaskSettings(),
+            "grpo_loss": GRPOLoss(),
+            "duckdb": DuckDBResource(database=str(home / "results.duckdb")),
+        }
+    )
