@@ -81,10 +81,13 @@ def latest_benchmark_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["demo", "dev", "report"])
+    parser.add_argument("--preset", default="demo", help="run-config preset for `demo` (learnalign_pipeline.defs.presets)")
     args, rest = parser.parse_known_args(argv)
     prepare_environment()
     if args.command == "demo":
-        if not run_demo():
+        from .defs.presets import PRESETS
+
+        if not run_demo(PRESETS[args.preset]):
             return 1
         print(latest_benchmark_table())
         return 0

@@ -67,9 +67,14 @@ def frame_bytes(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+# safetensors writes `__metadata__` from a hash map, so several keys come out in varying order; one entry
+# holding canonical JSON keeps the file bytes (and so the content digest) deterministic.
+METADATA_KEY = "learnalign"
+
+
 def bundle_bytes(bundle: TensorBundle) -> bytes:
     tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.tensors.items()}
-    return safetensors.torch.save(tensors, metadata=dict(bundle.metadata))
+    return safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(bundle.metadata, sort_keys=True)})
 
 
 def encode(value) -> tuple[bytes, str]:
@@ -145,5 +150,5 @@ def read_artifact(path: Path, expected_sha256: str | None = None):
         tensors = safetensors.torch.load(data)
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        return TensorBundle(tensors=tensors, metadata=metadata)
+        return TensorBundle(tensors=tensors, metadata=json.loads(metadata.get(METADATA_KEY, "{}")))
     raise ValueError(f"unknown artifact type {path.suffix!r} at {path}")

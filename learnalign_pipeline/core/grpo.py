@@ -80,7 +80,8 @@ def build_rollout_batch(
 
 def token_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
     """[R, T-1] log-probability of each next token under `model` (sampling temperature applied)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models: log-softmax in fp32
     if temperature != 1.0:
         logits = logits / temperature
     targets = batch.input_ids[:, 1:].unsqueeze(-1)
@@ -105,17 +106,20 @@ def per_problem_loss(
             raise ValueError("beta > 0 needs reference log-probabilities")
         log_ratio = ref_logp - logp
         token_loss = token_loss + config.beta * (torch.exp(log_ratio) - log_ratio - 1)
-    mask = batch.completion_mask
+    mask = batch.completion_mask.to(token_loss.dtype)
     row_sum = (token_loss * mask).sum(dim=1)
     row_tokens = mask.sum(dim=1)
-    owner, num = batch.problem_index, batch.num_problems
-    rows_per_problem = torch.zeros(num).index_add_(0, owner, torch.ones_like(row_sum))
+    owner = batch.problem_index
+
+    def per_problem(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(batch.num_problems, dtype=values.dtype).index_add(0, owner, values)
+
+    rows_per_problem = per_problem(torch.ones_like(row_sum))
     if config.aggregation == "sample_mean":
-        row_mean = row_sum / row_tokens.clamp(min=1)
-        return torch.zeros(num).index_add(0, owner, row_mean) / rows_per_problem.clamp(min=1)
-    problem_sum = torch.zeros(num).index_add(0, owner, row_sum)
+        return per_problem(row_sum / row_tokens.clamp(min=1)) / rows_per_problem.clamp(min=1)
+    problem_sum = per_problem(row_sum)
     if config.aggregation == "token_mean":
-        return problem_sum / torch.zeros(num).index_add_(0, owner, row_tokens).clamp(min=1)
+        return problem_sum / per_problem(row_tokens).clamp(min=1)
     if config.aggregation == "constant":
         return problem_sum / (rows_per_problem.clamp(min=1) * config.max_completion_tokens)
     raise ValueError(f"unknown aggregation {config.aggregation!r}")
