@@ -66,7 +66,7 @@ def alignment(config: AlignmentConfig, learnability_scores: pl.DataFrame, projec
 
 
 class SelectionConfig(dg.Config):
-    budget: int = Field(default=128, description="N: problems selected for RL training")
+    budget: int = Field(default=256, description="N: problems selected for RL training")
 
 
 @dg.asset(group_name="selection", code_version="1", kinds={"polars"})
