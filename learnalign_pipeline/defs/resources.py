@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.grpo import GRPOLossConfig
 from ..core.verify import NumericVerifier
+from .generation import Generator
 from .io_manager import ArtifactIOManager
 
 
@@ -70,6 +71,7 @@ def resources() -> dg.Definitions:
             "store": ArtifactStore(root=artifacts),
             "task": TaskSettings(),
             "grpo_loss": GRPOLoss(),
+            "generator": Generator(),
             "duckdb": DuckDBResource(database=str(home / "results.duckdb")),
         }
     )

@@ -4,21 +4,27 @@
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from ...core.artifacts import Checkpoint
 from ...core.evaluation import greedy_pass_at_1
-from ...core.generation import TransformersBackend
-from ...core.policy import load_policy
 from ..constants import gpu_step
+from ..generation import BackendName, Generator
 from ..metadata import markdown_table
 from ..resources import TaskSettings
 from ..versioning import versioned
 
 
+class BenchmarkRunConfig(dg.Config):
+    backend: BackendName = Field(default="transformers", description="generation engine: transformers or vllm")
+
+
 @dg.asset(group_name="evaluation", code_version="1", **gpu_step("transformers", "duckdb"))
 def benchmark_results(
     context: dg.AssetExecutionContext,
+    config: BenchmarkRunConfig,
     task: TaskSettings,
+    generator: Generator,
     duckdb: DuckDBResource,
     benchmark_problems: pl.DataFrame,
     pretrained_policy: Checkpoint,
@@ -29,9 +35,8 @@ def benchmark_results(
     to the `benchmark_results` table of the results DuckDB, keyed by run, for comparisons across runs."""
     rows = []
     for name, checkpoint in [("pretrained", pretrained_policy), ("warmup", warmup_policy), ("trained", trained_policy)]:
-        model, tokenizer = load_policy(checkpoint.path)
         result, _ = greedy_pass_at_1(
-            TransformersBackend(model, tokenizer), benchmark_problems, task.make_verifier(), task.template, task.max_new_tokens, name, "arithmetic_test"
+            generator.backend(config.backend, checkpoint), benchmark_problems, task.make_verifier(), task.template, task.max_new_tokens, name, "arithmetic_test"
         )
         rows.append({**result.as_row(), "checkpoint": checkpoint.path.name})
     table = pl.DataFrame(rows)

@@ -8,10 +8,10 @@ import polars as pl
 from pydantic import Field
 
 from ...core.artifacts import Checkpoint
-from ...core.generation import SamplingSpec, TransformersBackend
-from ...core.policy import load_policy
+from ...core.generation import SamplingSpec
 from ...core.rollouts import sample_rollouts, success_rates
 from ..constants import gpu_asset, gpu_op
+from ..generation import BackendName, Generator
 from ..metadata import markdown_table
 from ..resources import TaskSettings
 from ..versioning import versioned
@@ -24,6 +24,7 @@ class RolloutConfig(dg.Config):
     temperature: float = Field(default=1.0, description="sampling temperature")
     top_p: float = Field(default=1.0, description="nucleus sampling threshold")
     seed: int = Field(default=0, description="base seed; a problem's seed derives from it and the problem id")
+    backend: BackendName = Field(default="transformers", description="generation engine: transformers or vllm")
 
 
 def _rate_histogram(rates: pl.DataFrame) -> str:
@@ -44,12 +45,12 @@ def _rate_histogram(rates: pl.DataFrame) -> str:
     **gpu_op(),
 )
 def rollouts_and_success_rates(
-    config: RolloutConfig, task: TaskSettings, raw_problems: pl.DataFrame, warmup_policy: Checkpoint
+    config: RolloutConfig, task: TaskSettings, generator: Generator, raw_problems: pl.DataFrame, warmup_policy: Checkpoint
 ):
-    model, tokenizer = load_policy(warmup_policy.path)
+    backend = generator.backend(config.backend, warmup_policy)
     spec = SamplingSpec(num_samples=config.num_samples, temperature=config.temperature, top_p=config.top_p, max_new_tokens=task.max_new_tokens)
     started = time.perf_counter()
-    rollouts = sample_rollouts(TransformersBackend(model, tokenizer), raw_problems, spec, task.make_verifier(), task.template, config.seed)
+    rollouts = sample_rollouts(backend, raw_problems, spec, task.make_verifier(), task.template, config.seed)
     seconds = time.perf_counter() - started
     rates = success_rates(rollouts)
     learnable = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).height
@@ -59,7 +60,7 @@ def rollouts_and_success_rates(
         generated_tokens=int(rollouts["num_tokens"].sum()),
         tokens_per_second=round(float(rollouts["num_tokens"].sum()) / seconds, 1),
         truncated_share=float((rollouts["finish_reason"] == "length").mean()),
-        backend="transformers",
+        backend=backend.name,
     )
     yield versioned(
         rates,
