@@ -34,6 +34,9 @@ class VLLMSettings:
     gpu_memory_utilization: float = 0.1  # on CPU this is the share of system RAM for the KV cache
     enforce_eager: bool = True
     seed: int = 0
+    # vLLM rewinds a seeded request's RNG offset when chunked prefill discards a partial sample, which CPU RNGs
+    # cannot do ("CPU Generator does not use offset"); without chunking, whole prompts are prefilled at once.
+    enable_chunked_prefill: bool = False
 
 
 class VLLMBackend:
@@ -62,6 +65,7 @@ class VLLMBackend:
                 enforce_eager=s.enforce_eager,
                 seed=s.seed,
                 generation_config="vllm",
+                enable_chunked_prefill=s.enable_chunked_prefill,
             )
         return self._llm
 
@@ -89,10 +93,8 @@ class VLLMBackend:
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
         if self._llm is not None:
-            engine = getattr(self._llm, "llm_engine", None)
-            shutdown = getattr(engine, "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+            # vLLM V1 runs the engine core in a child process; its client's shutdown stops it now, not at exit.
+            self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
 
 
