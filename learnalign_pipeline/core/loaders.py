@@ -20,7 +20,7 @@ import fsspec
 import polars as pl
 
 from .schema import PROBLEM_SCHEMA, problem_id
-from .verify import parse_number
+from .verify import last_boxed, parse_number
 
 Format = Literal["gsm8k", "math", "generic"]
 
@@ -193,21 +193,6 @@ def read_rows(spec: SourceSpec) -> Iterator[_RawRow]:
 
 
 # ---- normalizing -----------------------------------------------------------------------------------------
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, or None."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, begin = 1, i
-    while i < len(text):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[begin:i]
-        i += 1
-    return None  # unbalanced: the answer is cut off
 
 
 def _field(record: dict, column: str, *, allow_number: bool = False) -> str:
