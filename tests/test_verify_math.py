@@ -24,6 +24,9 @@ def test_equivalent_forms_match_and_wrong_ones_do_not(verifier):
         ("It is \\boxed{\\sqrt{4}}", "2", 1.0),
         ("Natalia sold 72 clips.", "72", 1.0),  # plain text falls back to the last number
         ("First \\boxed{3}, finally \\boxed{4}", "4", 1.0),
+        ("She pays $12 + $3 = $<<12+3=15>>15.\n#### 15", "15", 1.0),  # currency signs are not inline math
+        ("Costs $5 * 4 = $20 in all.\nThe answer is 20.", "20", 1.0),
+        ("So the answer is $\\frac{3}{6}$.", "\\frac{1}{2}", 1.0),
         ("\\boxed{3}", "4", 0.0),
         ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0),
         ("no answer here", "1", 0.0),
@@ -32,7 +35,7 @@ def test_equivalent_forms_match_and_wrong_ones_do_not(verifier):
     scores = verifier.score_batch([c for c, _, _ in cases], [g for _, g, _ in cases])
     assert scores == [s for _, _, s in cases]
     assert verifier.stats["answers"] - before["answers"] == len(cases)
-    assert verifier.stats["correct"] - before["correct"] == 5
+    assert verifier.stats["correct"] - before["correct"] == 8
     assert verifier.stats["answer_unparsed"] - before["answer_unparsed"] == 1
 
 

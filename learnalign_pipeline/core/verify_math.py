@@ -5,7 +5,7 @@ nested `\\frac{`), and math-verify's own timeouts use `signal.alarm`, which only
 answer is checked in a spawned worker process under a wall-clock deadline; a worker that misses it is killed and
 replaced, and the answer scores 0. Nothing is evaluated as code: predictions are parsed only with math-verify's
 LaTeX extractor (ANTLR grammar, no `eval`), never its `ExprExtractionConfig`, which hands text to SymPy's
-`parse_expr` (an `eval`). Plain-text answers ("... is 72.") fall back to the lm-eval last-number regex.
+`parse_expr` (an `eval`). Without a \\boxed{} answer, "#### N" or the last line's number is used (lm-eval regexes).
 
 Scores are `verify(gold, prediction)` with the gold first: math-verify is deliberately asymmetric.
 """
@@ -27,6 +27,26 @@ def _boxed(text: str) -> str:
     return "\\boxed{" + text + "}"
 
 
+def _parse_prediction(text: str) -> list:
+    """The model's final answer, parsed: the last complete \\boxed{}, else a "#### N" line, else the last line
+    (as LaTeX when it has math delimiters, else its last number). Parsing the whole text would read currency
+    signs ("$12 ... $15") as inline math and pick an intermediate result."""
+    from math_verify import LatexExtractionConfig, parse
+
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return parse(_boxed(boxed), [LatexExtractionConfig()], parsing_timeout=None)
+    number = extract_answer(text, "strict")
+    if number is None:
+        last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+        if any(mark in last_line for mark in ("$", "\\(", "\\[")):
+            parsed = parse(last_line, [LatexExtractionConfig()], parsing_timeout=None)
+            if parsed:
+                return parsed
+        number = extract_answer(last_line, "flexible")
+    return parse(_boxed(str(number)), [LatexExtractionConfig()], parsing_timeout=None) if number is not None else []
+
+
 def _score_in_worker(gold: str, completion: str, cache: dict) -> tuple[float, str]:
     """(score, status) where status is "correct", "wrong", "gold_unparsed" or "answer_unparsed"."""
     from math_verify import LatexExtractionConfig, parse, verify
@@ -38,14 +58,7 @@ def _score_in_worker(gold: str, completion: str, cache: dict) -> tuple[float, st
     gold_parsed = cache[gold]
     if not gold_parsed:
         return 0.0, "gold_unparsed"
-    text = completion[-MAX_COMPLETION_CHARS:]
-    boxed = last_boxed(text)
-    if boxed is not None:  # the last complete \boxed{} is the answer, as in Minerva / lm-eval
-        text = _boxed(boxed)
-    predicted = parse(text, [LatexExtractionConfig(boxed_match_priority=0)], parsing_timeout=None)
-    if not predicted:
-        number = extract_answer(text, "flexible")
-        predicted = parse(_boxed(str(number)), [LatexExtractionConfig()], parsing_timeout=None) if number is not None else []
+    predicted = _parse_prediction(completion[-MAX_COMPLETION_CHARS:])
     if not predicted:
         return 0.0, "answer_unparsed"
     correct = verify(gold_parsed, predicted, timeout_seconds=None)
