@@ -80,8 +80,8 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig) -> dict:
 
 @dg.multi_asset(
     outs={
-        "benchmark_problems": dg.AssetOut(group_name="data", code_version="2", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
-        "benchmark_rejected_problems": dg.AssetOut(group_name="data", code_version="1", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
+        "benchmark_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
+        "benchmark_rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
     },
     can_subset=True,  # either table can be rematerialized alone; loading is cheap and deterministic
 )
@@ -95,8 +95,8 @@ def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfi
 
 @dg.multi_asset(
     outs={
-        "raw_problems": dg.AssetOut(group_name="data", code_version="2", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
-        "rejected_problems": dg.AssetOut(group_name="data", code_version="1", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
+        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
+        "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
     },
     can_subset=True,
 )
