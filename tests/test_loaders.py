@@ -85,10 +85,18 @@ def test_excluded_ids_count_as_duplicates(tmp_path):
     assert again.duplicates["kept_location"].to_list() == ["excluded"]
 
 
-def test_missing_file_names_the_path(tmp_path):
+def test_missing_or_unreadable_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         load_problems(SourceSpec(str(missing)))
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ValueError, match=str(damaged)):
+        load_problems(SourceSpec(str(damaged)))
+    unknown = tmp_path / "problems.txt"
+    unknown.write_text("x")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_problems(SourceSpec(str(unknown)))
 
 
 MATH_ROWS = [

@@ -1,7 +1,6 @@
 """math-verify in worker processes: equivalent forms match, hostile outputs finish in time and score 0."""
 
 import time
-from pathlib import Path
 
 import pytest
 

@@ -147,7 +147,10 @@ def _read_parquet(fs, fs_path: str, spec: SourceSpec) -> Iterator[_RawRow]:
     import pyarrow.parquet as pq
 
     with _open(fs, fs_path, spec.path) as handle:
-        table = pq.read_table(handle)
+        try:
+            table = pq.read_table(handle)
+        except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            raise ValueError(f"cannot read Parquet file {spec.path}: {error}") from error
     yield from _table_rows(table, posixpath.basename(fs_path), 0, spec)
 
 
@@ -176,7 +179,10 @@ def _read_saved_dataset(fs, fs_path: str, spec: SourceSpec) -> Iterator[_RawRow]
     start = 0
     for filename in files:
         with _open(fs, posixpath.join(fs_path, filename), spec.path) as handle:
-            table = pa.ipc.open_stream(handle).read_all()
+            try:
+                table = pa.ipc.open_stream(handle).read_all()
+            except pa.ArrowException as error:
+                raise ValueError(f"cannot read Arrow shard {filename} of {spec.path}: {error}") from error
         yield from _table_rows(table, filename, start, spec)
         start += table.num_rows
 
