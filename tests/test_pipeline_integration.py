@@ -43,7 +43,7 @@ def _load(event):
 def test_every_asset_was_materialized_with_a_verified_artifact(materialized):
     home, events, _ = materialized
     assert set(events) == {
-        "benchmark_problems", "raw_problems", "pretrained_policy", "warmup_policy", "rollouts", "success_rates",
+        "benchmark_problems", "benchmark_rejected_problems", "raw_problems", "rejected_problems", "pretrained_policy", "warmup_policy", "rollouts", "success_rates",
         "projected_gradients", "learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset",
         "trained_policy", "benchmark_results",
     }

@@ -116,7 +116,7 @@ def arithmetic_frame(count: int, seed: int, split: str, exclude_ids: frozenset[s
         if pid in seen:
             continue
         seen.add(pid)
-        rows.append((pid, "arithmetic", split, index, p.prompt, str(p.answer), p.solution, p.family))
+        rows.append((pid, "arithmetic", split, index, p.prompt, str(p.answer), p.solution, p.family, "{}"))
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA, orient="row")
 
 

@@ -19,6 +19,7 @@ PROBLEM_SCHEMA: dict[str, pl.DataType] = {
     "answer": pl.String(),  # normalized gold answer the verifier compares against
     "solution": pl.String(),  # reference worked solution, null when the source has none
     "category": pl.String(),  # family / level / subject, null when unknown
+    "extra": pl.String(),  # JSON object of the source's other fields, kept for tracing; "{}" when none
 }
 
 

@@ -40,6 +40,21 @@ def extract_answer(completion: str, mode: Literal["strict", "flexible"]) -> Deci
     return None
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, or None."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, begin = 1, i
+    while i < len(text):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i]
+        i += 1
+    return None  # unbalanced: the answer is cut off
+
+
 @dataclass(frozen=True)
 class NumericVerifier:
     """Binary reward: 1.0 when the extracted number equals the gold number."""
@@ -56,3 +71,17 @@ class NumericVerifier:
 
     def score_batch(self, completions: list[str], golds: list[str]) -> list[float]:
         return [self.score(c, g) for c, g in zip(completions, golds, strict=True)]
+
+
+VERIFIERS = ("numeric_flexible", "numeric_strict", "math_verify")
+
+
+def make_verifier(name: str, timeout_s: float = 5.0, workers: int = 2):
+    """The verifier a dataset's config names: lm-eval numeric matching or math-verify (LaTeX, boxed answers)."""
+    if name in ("numeric_flexible", "numeric_strict"):
+        return NumericVerifier(mode=name.removeprefix("numeric_"), name=name)  # type: ignore[arg-type]
+    if name == "math_verify":
+        from .verify_math import MathVerifier  # imports nothing heavy here; SymPy loads in the workers
+
+        return MathVerifier(timeout_s=timeout_s, workers=workers)
+    raise ValueError(f"unknown verifier {name!r}; known: {list(VERIFIERS)}")

@@ -22,4 +22,26 @@ SMOKE: dict = {
     "resources": {"task": {"config": {"max_new_tokens": 16}}},
 }
 
-PRESETS: dict[str, dict] = {"smoke": SMOKE, "demo": {}}
+GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
+
+# LearnAlign's GSM8K setup, for a GPU: pool = GSM8K train, benchmark = GSM8K test, warm-up on 300 random pool
+# problems, groups of G=8 rollouts at temperature 1.0, GRPO beta=0.04 / eps=0.2 (the GRPOLoss resource defaults),
+# lr 1e-6, budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
+# The paper's policy is a pretrained 1.5B chat model loaded from a local path; pretrained_policy has no
+# model-path option yet (it trains the tiny built-in policy), so that needs support in the policy stage first.
+GSM8K_GPU: dict = {
+    "ops": {
+        "benchmark_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/test.jsonl", "format": "gsm8k"}},
+        "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
+        "warmup_policy": {"config": {"subset_size": 300, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0}},
+        "selected_subset": {"config": {"budget": 1000}},
+        "trained_policy": {"config": {"num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+    },
+    "resources": {
+        "task": {"config": {"template": "lm_eval_gsm8k", "verifier": "numeric_flexible", "max_new_tokens": 512}},
+        "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
+    },
+}
+
+PRESETS: dict[str, dict] = {"smoke": SMOKE, "demo": {}, "gsm8k_gpu": GSM8K_GPU}

@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..core.grpo import GRPOLossConfig
-from ..core.verify import NumericVerifier
+from ..core.verify import make_verifier
 from .generation import Generator
 from .io_manager import ArtifactIOManager
 
@@ -35,12 +35,13 @@ class TaskSettings(dg.ConfigurableResource):
     """How a problem is posed to the policy and how its answer is checked; shared by every generating stage."""
 
     template: str = "qa"  # prompt template name (core.prompts.TEMPLATES)
-    verifier: Literal["numeric_flexible", "numeric_strict"] = "numeric_flexible"
+    # numeric_* for GSM8K-style numbers (lm-eval filters), math_verify for LaTeX / \boxed{} answers (MATH).
+    verifier: Literal["numeric_flexible", "numeric_strict", "math_verify"] = "numeric_flexible"
+    verifier_timeout_s: float = 5.0  # math_verify: wall-clock limit per answer; a timeout scores 0
     max_new_tokens: int = 24  # completion length limit for rollouts, training and benchmarks
 
-    def make_verifier(self) -> NumericVerifier:
-        mode = self.verifier.removeprefix("numeric_")
-        return NumericVerifier(mode=mode, name=self.verifier)  # type: ignore[arg-type]
+    def make_verifier(self):
+        return make_verifier(self.verifier, timeout_s=self.verifier_timeout_s)
 
 
 class GRPOLoss(dg.ConfigurableResource):

@@ -1,39 +1,112 @@
-"""The problems: a held-out benchmark split and the candidate pool that selection chooses from."""
+"""The problems: a held-out benchmark split and the candidate pool that selection chooses from.
 
+Each comes from the embedded arithmetic generator (the default) or a user's file (JSONL, Parquet, CSV or an HF
+`save_to_disk` directory; see `core.loaders`). Rows a file load rejects go to `rejected_problems` with their
+location and reason; `checks.py` fails the run when too many were rejected.
+"""
+
+from typing import Literal
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from ...core.arithmetic import arithmetic_frame
-from ..metadata import problem_summary
+from ...core.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceSpec, load_problems
+from ..metadata import markdown_table, problem_summary
 from ..versioning import versioned
 
 
-class BenchmarkConfig(dg.Config):
-    """The held-out test split of the embedded arithmetic task."""
+class ProblemSourceConfig(dg.Config):
+    """Where a split's problems come from. `source="arithmetic"` generates them; `source="file"` loads `path`."""
 
-    num_problems: int = Field(default=1000, description="problems generated for the benchmark split")
-    seed: int = Field(default=2, description="generator seed of the benchmark split")
+    source: Literal["arithmetic", "file"] = Field(default="arithmetic", description="embedded generator or a file")
+    path: str = Field(default="", description="file source: local path or fsspec URL (.jsonl, .parquet, .csv, save_to_disk dir)")
+    format: Literal["gsm8k", "math", "generic"] = Field(default="gsm8k", description="file source: column layout")
+    prompt_column: str | None = Field(default=None, description="generic format: column holding the question")
+    answer_column: str | None = Field(default=None, description="generic format: column holding the gold answer")
+    solution_column: str | None = Field(default=None, description="generic format: optional worked solution column")
+    category_column: str | None = Field(default=None, description="generic format: optional category column")
+    numeric_gold: bool = Field(default=False, description="generic format: reject gold answers that are not numbers")
+    max_row_chars: int = Field(default=20_000, description="rows longer than this are rejected as oversized")
+    max_rejected_share: float = Field(default=0.05, description="the blocking check fails above this share of rows rejected")
+
+    def spec(self, split: str) -> SourceSpec:
+        if not self.path:
+            raise ValueError("source='file' needs a path")
+        return SourceSpec(
+            path=self.path, format=self.format, split=split, prompt_column=self.prompt_column, answer_column=self.answer_column,
+            solution_column=self.solution_column, category_column=self.category_column, numeric_gold=self.numeric_gold,
+            max_row_chars=self.max_row_chars,
+        )
 
 
-class PoolConfig(dg.Config):
-    """The candidate pool of the embedded arithmetic task; problems that also occur in the benchmark are dropped."""
+class BenchmarkConfig(ProblemSourceConfig):
+    """The held-out test split."""
 
-    num_problems: int = Field(default=1024, description="problems generated for the pool")
-    seed: int = Field(default=1, description="generator seed of the pool")
-
-
-@dg.asset(group_name="data", code_version="1", kinds={"polars"})
-def benchmark_problems(config: BenchmarkConfig) -> dg.Output[pl.DataFrame]:
-    """Held-out problems for greedy pass@1 of every policy; never trained on."""
-    frame = arithmetic_frame(config.num_problems, config.seed, split="test")
-    return versioned(frame, **problem_summary(frame))
+    num_problems: int = Field(default=1000, description="arithmetic source: problems generated for the benchmark split")
+    seed: int = Field(default=2, description="arithmetic source: generator seed of the benchmark split")
 
 
-@dg.asset(group_name="data", code_version="1", kinds={"polars"})
-def raw_problems(config: PoolConfig, benchmark_problems: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-    """The candidate pool as a table with stable content-hash ids, disjoint from the benchmark."""
-    exclude = frozenset(benchmark_problems["problem_id"].to_list())
-    frame = arithmetic_frame(config.num_problems, config.seed, split="pool", exclude_ids=exclude)
-    return versioned(frame, dropped_repeats_or_benchmark_overlap=config.num_problems - frame.height, **problem_summary(frame))
+class PoolConfig(ProblemSourceConfig):
+    """The candidate pool; problems that also occur in the benchmark are collapsed as duplicates."""
+
+    num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
+    seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
+
+
+def _load(config: ProblemSourceConfig, split: str, exclude_ids: frozenset[str]) -> LoadResult:
+    """Load or generate one split; generated splits report repeats and overlap as duplicates too."""
+    if config.source == "file":
+        return load_problems(config.spec(split), exclude_ids)
+    frame = arithmetic_frame(config.num_problems, config.seed, split=split, exclude_ids=exclude_ids)
+    report = LoadReport(config.num_problems, frame.height, 0, config.num_problems - frame.height)
+    return LoadResult(frame, pl.DataFrame(schema=REJECTED_SCHEMA), pl.DataFrame(schema=DUPLICATE_SCHEMA), report)
+
+
+def _load_metadata(result: LoadResult, config: ProblemSourceConfig) -> dict:
+    report = result.report
+    rejected_share = report.rejected / report.rows_read if report.rows_read else 0.0
+    reasons = result.rejected.group_by("kind").len().sort("kind")
+    return {
+        **report.as_dict(),
+        "rejected_share": rejected_share,
+        "max_rejected_share": config.max_rejected_share,
+        "source": config.path if config.source == "file" else "arithmetic",
+        "rejected_by_kind": dg.MetadataValue.json(dict(zip(reasons["kind"].to_list(), reasons["len"].to_list()))),
+        "duplicates_preview": dg.MetadataValue.md(markdown_table(result.duplicates, max_rows=5)),
+    }
+
+
+@dg.multi_asset(
+    outs={
+        "benchmark_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
+        "benchmark_rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
+    },
+    can_subset=True,  # either table can be rematerialized alone; loading is cheap and deterministic
+)
+def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig):
+    result = _load(config, "test", frozenset())
+    if "benchmark_problems" in context.selected_output_names:
+        yield versioned(result.problems, output_name="benchmark_problems", **_load_metadata(result, config), **problem_summary(result.problems))
+    if "benchmark_rejected_problems" in context.selected_output_names:
+        yield versioned(result.rejected, output_name="benchmark_rejected_problems", num_rows=result.rejected.height)
+
+
+@dg.multi_asset(
+    outs={
+        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
+        "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
+    },
+    can_subset=True,
+)
+def raw_problems(context: dg.AssetExecutionContext, config: PoolConfig, benchmark_problems: pl.DataFrame, benchmark_rejected_problems: pl.DataFrame):
+    result = _load(config, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
+    rejected = pl.concat([benchmark_rejected_problems, result.rejected])
+    if "raw_problems" in context.selected_output_names:
+        yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config), **problem_summary(result.problems))
+    if "rejected_problems" in context.selected_output_names:
+        yield versioned(
+            rejected, output_name="rejected_problems", num_rows=rejected.height,
+            preview=dg.MetadataValue.md(markdown_table(rejected.select("split", "location", "kind", "reason"), max_rows=10)),
+        )
