@@ -33,14 +33,18 @@ GSM8K_GPU: dict = {
     "ops": {
         "benchmark_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/test.jsonl", "format": "gsm8k"}},
         "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
+        # Replace with a local or shared-storage save_pretrained directory (e.g. Qwen2.5-1.5B-Instruct).
+        "pretrained_policy": {"config": {"model_path": "/models/Qwen2.5-1.5B-Instruct"}},
         "warmup_policy": {"config": {"subset_size": 300, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
-        "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
         "selected_subset": {"config": {"budget": 1000}},
         "trained_policy": {"config": {"num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "benchmark_results": {"config": {"backend": "vllm"}},
     },
     "resources": {
         "task": {"config": {"template": "lm_eval_gsm8k", "verifier": "numeric_flexible", "max_new_tokens": 512}},
         "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
+        "generator": {"config": {"vllm_dtype": "bfloat16", "vllm_max_model_len": 1024, "vllm_memory_utilization": 0.85}},
     },
 }
 

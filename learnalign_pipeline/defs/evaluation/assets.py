@@ -33,10 +33,12 @@ def benchmark_results(
 ) -> dg.Output[pl.DataFrame]:
     """One row per policy: accuracy with the template, decoding and verifier it was measured with. Also appended
     to the `benchmark_results` table of the results DuckDB, keyed by run, for comparisons across runs."""
+    benchmark = f"{benchmark_problems['source'][0]}:{benchmark_problems['split'][0]}" if benchmark_problems.height else "empty"
+    verifier = task.make_verifier()
     rows = []
     for name, checkpoint in [("pretrained", pretrained_policy), ("warmup", warmup_policy), ("trained", trained_policy)]:
         result, _ = greedy_pass_at_1(
-            generator.backend(config.backend, checkpoint), benchmark_problems, task.make_verifier(), task.template, task.max_new_tokens, name, "arithmetic_test"
+            generator.backend(config.backend, checkpoint), benchmark_problems, verifier, task.template, task.max_new_tokens, name, benchmark
         )
         rows.append({**result.as_row(), "checkpoint": checkpoint.path.name})
     table = pl.DataFrame(rows)
@@ -48,6 +50,7 @@ def benchmark_results(
         accuracy_warmup=accuracy["warmup"],
         accuracy_trained=accuracy["trained"],
         trained_minus_warmup_points=round(100 * (accuracy["trained"] - accuracy["warmup"]), 2),
+        verifier_stats=dg.MetadataValue.json(getattr(verifier, "stats", {})),
         table=dg.MetadataValue.md(markdown_table(table.select("policy", "benchmark", "num_problems", "num_correct", "accuracy", "decoding", "verifier"))),
     )
 

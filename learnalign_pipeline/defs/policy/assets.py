@@ -18,8 +18,12 @@ from .grpo_config import GRPOStageConfig
 
 
 class PretrainConfig(dg.Config):
-    """Supervised pre-training of the built-in Qwen2-architecture policy on generated worked solutions."""
+    """The base policy: by default the built-in Qwen2-architecture policy, pre-trained here on generated worked
+    solutions; with `model_path`, an existing `save_pretrained` directory (a real model) used as is."""
 
+    model_path: str | None = Field(
+        default=None, description="a save_pretrained directory to use as the base policy instead of the built-in one"
+    )
     corpus_size: int = Field(default=40_000, description="generated pre-training examples")
     corpus_seed: int = Field(default=3, description="generator seed of the corpus")
     shortcut_rates: dict[str, float] = Field(
@@ -42,7 +46,11 @@ class PretrainConfig(dg.Config):
 def pretrained_policy(
     context: dg.AssetExecutionContext, config: PretrainConfig, task: TaskSettings, store: ArtifactStore, benchmark_problems: pl.DataFrame
 ) -> dg.Output[Checkpoint]:
-    """The tiny policy, pre-trained on a generated corpus that excludes every benchmark problem."""
+    """The base policy. Built-in: the tiny policy pre-trained on a generated corpus that excludes every benchmark
+    problem. With `model_path`: a copy of that checkpoint, so every later stage reads a versioned artifact."""
+    if config.model_path:
+        model, tokenizer = load_policy(config.model_path)  # fails clearly if the path holds no checkpoint
+        return publish_checkpoint(store, model, tokenizer, [], config.model_dump(), source=config.model_path)
     questions, targets = pretraining_corpus(
         config.corpus_size, config.corpus_seed, config.shortcut_rates, exclude_ids=frozenset(benchmark_problems["problem_id"].to_list())
     )

@@ -18,7 +18,7 @@ def publish_checkpoint(store: ArtifactStore, model, tokenizer, history: list[dic
     """Save model, tokenizer, training log (Parquet) and config (JSON) to staging; the IO manager publishes it."""
     staging = store.staging_dir()
     save_policy(model, tokenizer, staging)
-    log = pl.DataFrame(history)
+    log = pl.DataFrame(history) if history else pl.DataFrame({"step": []}, schema={"step": pl.Int64})
     # Wall-clock times stay out of the checkpoint so identical training gives an identical digest.
     log.drop("seconds", strict=False).write_parquet(staging / "training_log.parquet")
     (staging / "training_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))

@@ -50,7 +50,8 @@ def rollouts_and_success_rates(
     backend = generator.backend(config.backend, warmup_policy)
     spec = SamplingSpec(num_samples=config.num_samples, temperature=config.temperature, top_p=config.top_p, max_new_tokens=task.max_new_tokens)
     started = time.perf_counter()
-    rollouts = sample_rollouts(backend, raw_problems, spec, task.make_verifier(), task.template, config.seed)
+    verifier = task.make_verifier()
+    rollouts = sample_rollouts(backend, raw_problems, spec, verifier, task.template, config.seed)
     seconds = time.perf_counter() - started
     rates = success_rates(rollouts)
     learnable = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).height
@@ -61,6 +62,7 @@ def rollouts_and_success_rates(
         tokens_per_second=round(float(rollouts["num_tokens"].sum()) / seconds, 1),
         truncated_share=float((rollouts["finish_reason"] == "length").mean()),
         backend=backend.name,
+        verifier_stats=dg.MetadataValue.json(getattr(verifier, "stats", {})),  # math-verify timeouts and parse failures
     )
     yield versioned(
         rates,
