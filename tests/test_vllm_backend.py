@@ -53,10 +53,11 @@ def test_rollout_asset_runs_through_vllm(tmp_path, monkeypatch):
     from learnalign_pipeline.definitions import defs
 
     run_config = {**SMOKE, "ops": {**SMOKE["ops"], "rollouts_and_success_rates": {"config": {"num_samples": 4, "backend": "vllm"}}}}
-    keys = ["benchmark_problems", "raw_problems", "pretrained_policy", "warmup_policy", "rollouts", "success_rates"]
+    definitions = defs()
+    keys = dg.AssetSelection.assets("rollouts", "success_rates").upstream().resolve(definitions.resolve_asset_graph())
     with dg.instance_for_test() as instance:
-        result = defs().resolve_job_def("learnalign_job").execute_in_process(
-            run_config=run_config, instance=instance, asset_selection=[dg.AssetKey(k) for k in keys]
+        result = definitions.resolve_job_def("learnalign_job").execute_in_process(
+            run_config=run_config, instance=instance, asset_selection=list(keys)
         )
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("rollouts")).asset_materialization
