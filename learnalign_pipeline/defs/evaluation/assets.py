@@ -19,7 +19,7 @@ class BenchmarkRunConfig(dg.Config):
     backend: BackendName = Field(default="transformers", description="generation engine: transformers or vllm")
 
 
-@dg.asset(group_name="evaluation", code_version="1", **gpu_step("transformers", "duckdb"))
+@dg.asset(group_name="evaluation", code_version="2", **gpu_step("transformers", "duckdb"))
 def benchmark_results(
     context: dg.AssetExecutionContext,
     config: BenchmarkRunConfig,

@@ -10,10 +10,10 @@ from pydantic import Field
 from ...core.arithmetic import DEFAULT_SHORTCUT_RATES, pretraining_corpus
 from ...core.artifacts import Checkpoint
 from ...core.policy import TinyPolicySpec, load_policy, pretrain_tiny_policy
-from ...core.trainer import SFTConfig, train_grpo
+from ...core.trainer import SFTConfig
 from ..constants import gpu_step
 from ..resources import ArtifactStore, GRPOLoss, TaskSettings
-from .checkpoints import publish_checkpoint
+from .checkpoints import grpo_stage, publish_checkpoint
 from .grpo_config import GRPOStageConfig
 
 
@@ -86,7 +86,7 @@ class WarmupConfig(GRPOStageConfig):
     problems_per_step: int = Field(default=16, description="problems per step")
 
 
-@dg.asset(group_name="policy", code_version="1", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="2", **gpu_step("transformers"))
 def warmup_policy(
     context: dg.AssetExecutionContext,
     config: WarmupConfig,
@@ -98,17 +98,4 @@ def warmup_policy(
 ) -> dg.Output[Checkpoint]:
     """The pre-trained policy after a short GRPO run on a seeded random subset of the pool."""
     subset = raw_problems.sample(n=min(config.subset_size, raw_problems.height), seed=config.seed, shuffle=True)
-    model, tokenizer = load_policy(pretrained_policy.path)
-    started = time.perf_counter()
-    history = train_grpo(model, tokenizer, subset, task.make_verifier(), config.train_config(task, grpo_loss), log=context.log.debug)
-    return publish_checkpoint(
-        store,
-        model,
-        tokenizer,
-        history,
-        {**config.model_dump(), "loss": grpo_loss.model_dump(), "subset_ids": subset["problem_id"].to_list()},
-        warmup_problems=subset.height,
-        reward_first_step=history[0]["reward_mean"],
-        reward_last_step=history[-1]["reward_mean"],
-        train_seconds=round(time.perf_counter() - started, 1),
-    )
+    return grpo_stage(context, config, task, grpo_loss, store, pretrained_policy, subset, subset_ids=subset["problem_id"].to_list())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import dagster as dg
 import polars as pl
 
 from ...core.artifacts import Checkpoint
-from ...core.policy import count_parameters, save_policy
+from ...core.policy import count_parameters, load_policy, save_policy
+from ...core.trainer import train_grpo
 from ..metadata import markdown_table
 from ..resources import ArtifactStore
 from ..versioning import versioned
@@ -30,4 +32,23 @@ def publish_checkpoint(store: ArtifactStore, model, tokenizer, history: list[dic
         training_steps=log.height,
         training_curve=dg.MetadataValue.md(markdown_table(curve, max_rows=12)),
         **metadata,
+    )
+
+
+def grpo_stage(context, config, task, grpo_loss, store: ArtifactStore, start: Checkpoint, problems: pl.DataFrame, **recorded) -> dg.Output:
+    """GRPO from checkpoint `start` on `problems` with a `GRPOStageConfig`; publishes the result. `recorded` goes
+    into the checkpoint's training_config.json next to the stage config and the loss."""
+    model, tokenizer = load_policy(start.path)
+    started = time.perf_counter()
+    history = train_grpo(model, tokenizer, problems, task.make_verifier(), config.train_config(task, grpo_loss), log=context.log.debug)
+    return publish_checkpoint(
+        store,
+        model,
+        tokenizer,
+        history,
+        {**config.model_dump(), "loss": grpo_loss.model_dump(), "start": start.path.name, **recorded},
+        problems=problems.height,
+        reward_first_step=history[0]["reward_mean"],
+        reward_last_step=history[-1]["reward_mean"],
+        train_seconds=round(time.perf_counter() - started, 1),
     )
