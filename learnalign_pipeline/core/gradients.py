@@ -1,6 +1,8 @@
 """Per-problem GRPO gradients from one batched forward/backward, projected as they are captured.
 
-Hooks on the chosen nn.Linear layers keep each layer's input x and the gradient gy at its output. Because a
+Forward hooks on the chosen nn.Linear layers keep each layer's input x and its output; one
+`torch.autograd.grad` call then gives the gradient gy at every captured output (weights frozen, so no weight
+gradient is ever accumulated, which a per-problem loop wastes time on). Because a
 causal LM processes rows independently and `per_problem_loss` normalizes each problem by its own quantities,
 the backward pass of sum_p loss_p delivers to problem p's rows exactly d loss_p / d output, so
 dW_p = sum over p's rows and tokens of gy x^T is the exact per-problem gradient of that layer's weight.
@@ -50,15 +52,27 @@ def linear_layers(model: nn.Module, scope: Scope = "all_linear", last_blocks: in
 
 
 class _Capture:
-    """Forward hooks saving each layer's input, plus tensor hooks saving the gradient at its output."""
+    """Forward hooks keeping each chosen layer's input and (graph-attached) output.
 
-    def __init__(self, layers: dict[str, nn.Linear]):
+    While active, every parameter is frozen and only the embedding output requires grad, so the forward pass
+    records just what activation gradients need and `torch.autograd.grad` on the captured outputs never
+    computes a weight gradient (the per-problem weight gradients are formed from x and gy instead).
+    """
+
+    def __init__(self, model: nn.Module, layers: dict[str, nn.Linear]):
+        self.model = model
         self.layers = layers
         self.inputs: dict[str, torch.Tensor] = {}
-        self.output_grads: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        self._frozen: list[nn.Parameter] = []
 
     def __enter__(self) -> "_Capture":
+        self._frozen = [p for p in self.model.parameters() if p.requires_grad]
+        for p in self._frozen:
+            p.requires_grad_(False)
+        embed = self.model.get_input_embeddings()
+        self._handles.append(embed.register_forward_hook(lambda module, args, output: output.requires_grad_()))
         for name, layer in self.layers.items():
             self._handles.append(layer.register_forward_hook(self._hook(name)))
         return self
@@ -66,13 +80,21 @@ class _Capture:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+        for p in self._frozen:
+            p.requires_grad_(True)
 
     def _hook(self, name: str):
         def hook(module, args, output):
             self.inputs[name] = args[0].detach()
-            output.register_hook(lambda grad: self.output_grads.__setitem__(name, grad.detach()))
+            self.outputs[name] = output
 
         return hook
+
+    def output_grads(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = list(self.outputs)
+        grads = torch.autograd.grad(loss, [self.outputs[n] for n in names], allow_unused=True, materialize_grads=True)
+        self.outputs.clear()  # drop the graph
+        return dict(zip(names, grads))
 
 
 class ExactGradients:
@@ -85,6 +107,19 @@ class ExactGradients:
 
     def finalize(self, blocks):
         return blocks
+
+
+def capture_batch(model, ref_model, batch, loss_config: GRPOLossConfig, layers: dict[str, nn.Linear], temperature: float = 1.0):
+    """(inputs x, output gradients gy) of each layer for one batch: one forward and one backward of sum_p loss_p."""
+    ref_logp = None
+    if loss_config.beta:
+        with torch.no_grad():
+            ref_logp = token_logprobs(ref_model, batch, temperature)
+    with _Capture(model, layers) as capture:
+        logp = token_logprobs(model, batch, temperature)
+        loss = per_problem_loss(logp, batch, loss_config, ref_logp=ref_logp).sum()
+        output_grads = capture.output_grads(loss)
+    return capture.inputs, output_grads
 
 
 @dataclass(frozen=True)
@@ -120,21 +155,12 @@ def gradient_features(
     for start in range(0, problems.height, problems_per_batch):
         chunk = problems[start : start + problems_per_batch]
         batch = to_rollout_batch(chunk, rollouts, tokenizer, template, loss_config.scale_rewards, loss_config.advantage_eps)
-        ref_logp = None
-        if loss_config.beta:
-            with torch.no_grad():
-                ref_logp = token_logprobs(ref_model, batch, temperature)
-        with _Capture(layers) as capture:
-            logp = token_logprobs(model, batch, temperature)
-            loss = per_problem_loss(logp, batch, loss_config, ref_logp=ref_logp).sum()
-            model.zero_grad(set_to_none=True)
-            loss.backward()
+        inputs, output_grads = capture_batch(model, ref_model, batch, loss_config, layers, temperature)
         per_layer = [
-            projector.project_layer(name, capture.inputs[name], capture.output_grads[name], batch.problem_index, batch.num_problems)
+            projector.project_layer(name, inputs[name], output_grads[name], batch.problem_index, batch.num_problems)
             for name in layers
         ]
         blocks.append(projector.finalize(torch.cat(per_layer, dim=1)))
-    model.zero_grad(set_to_none=True)
     width = blocks[0].shape[1] if blocks else 0
     features = torch.cat(blocks) if blocks else torch.zeros(0, width)
     return FeatureBatchResult(problems["problem_id"].to_list(), features)

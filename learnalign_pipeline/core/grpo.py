@@ -80,7 +80,8 @@ def build_rollout_batch(
 
 def token_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
     """[R, T-1] log-probability of each next token under `model` (sampling temperature applied)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    # no KV cache: nothing is generated here, and building one costs a copy of every layer's keys and values
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models: log-softmax in fp32
     if temperature != 1.0:
         logits = logits / temperature
