@@ -134,11 +134,11 @@ def bench_projections(num_problems: int, samples: int, repeats: int) -> None:
     label = "2 kronecker vs dense"
     report(label, "model params (in scored linear layers)", f"{params / 1e6:.1f}M ({linear_params / 1e6:.1f}M)", verdict(params >= 10e6, ">= 10M"))
     batch = to_rollout_batch(problems, rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
-    (inputs, grads), t_capture = timed(lambda: capture_batch(model, reference, batch, config, layers))
+    (inputs, grads, owner), t_capture = timed(lambda: capture_batch(model, reference, batch, config, layers))
     report(label, f"{num_problems} problems x {samples} rollouts: fwd+bwd s", f"{t_capture:.2f}")
 
     def project(projector):
-        blocks = [projector.project_layer(n, inputs[n], grads[n], batch.problem_index, batch.num_problems) for n in layers]
+        blocks = [projector.project_layer(n, inputs[n], grads[n], owner, batch.num_problems) for n in layers]
         return projector.finalize(torch.cat(blocks, dim=1))
 
     projectors = {

@@ -62,8 +62,8 @@ class _Capture:
     def __init__(self, model: nn.Module, layers: dict[str, nn.Linear]):
         self.model = model
         self.layers = layers
-        self.inputs: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}  # one entry per forward call
+        self.outputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
         self._handles: list = []
         self._frozen: list[nn.Parameter] = []
 
@@ -85,16 +85,19 @@ class _Capture:
 
     def _hook(self, name: str):
         def hook(module, args, output):
-            self.inputs[name] = args[0].detach()
-            self.outputs[name] = output
+            self.inputs[name].append(args[0].detach())
+            self.outputs[name].append(output)
 
         return hook
 
-    def output_grads(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        names = list(self.outputs)
-        grads = torch.autograd.grad(loss, [self.outputs[n] for n in names], allow_unused=True, materialize_grads=True)
+    def output_grads(self, loss: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        flat = [(n, i) for n in self.layers for i in range(len(self.outputs[n]))]
+        grads = torch.autograd.grad(loss, [self.outputs[n][i] for n, i in flat], allow_unused=True, materialize_grads=True)
         self.outputs.clear()  # drop the graph
-        return dict(zip(names, grads))
+        out: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
+        for (n, _), g in zip(flat, grads):
+            out[n].append(g)
+        return out
 
 
 class ExactGradients:
@@ -110,16 +113,110 @@ class ExactGradients:
 
 
 def capture_batch(model, ref_model, batch, loss_config: GRPOLossConfig, layers: dict[str, nn.Linear], temperature: float = 1.0):
-    """(inputs x, output gradients gy) of each layer for one batch: one forward and one backward of sum_p loss_p."""
+    """(x, gy) of each layer for one batch from one forward and one backward of sum_p loss_p.
+
+    Returns per layer x [N, T, in], gy [N, T, out] and the problem of each of the N rows. When every problem's
+    K rollouts share its prompt (as rollouts do), the prompt runs once per problem and its keys and values are
+    shared by the K completions: rows are then whole problems, prompt tokens followed by all K completions.
+    """
+    layout = _shared_prefix_layout(batch)
     ref_logp = None
     if loss_config.beta:
         with torch.no_grad():
-            ref_logp = token_logprobs(ref_model, batch, temperature)
+            if layout is None:
+                ref_logp = token_logprobs(ref_model, batch, temperature)
+            else:
+                ref_logp = _shared_prefix_logprobs(ref_model, batch, layout, temperature)
     with _Capture(model, layers) as capture:
-        logp = token_logprobs(model, batch, temperature)
+        if layout is None:
+            logp = token_logprobs(model, batch, temperature)
+        else:
+            logp = _shared_prefix_logprobs(model, batch, layout, temperature)
         loss = per_problem_loss(logp, batch, loss_config, ref_logp=ref_logp).sum()
         output_grads = capture.output_grads(loss)
-    return capture.inputs, output_grads
+    if layout is None:
+        return {n: x[0] for n, x in capture.inputs.items()}, {n: g[0] for n, g in output_grads.items()}, batch.problem_index
+
+    def per_problem_rows(prompt: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+        # [P, Lp, d] and [P*K, Lc, d] -> [P, Lp + K*Lc, d]: a problem's tokens in one row (padding has gy = 0)
+        return torch.cat([prompt, completions.reshape(prompt.shape[0], -1, completions.shape[-1])], dim=1)
+
+    inputs = {n: per_problem_rows(*capture.inputs[n]) for n in layers}
+    grads = {n: per_problem_rows(*output_grads[n]) for n in layers}
+    return inputs, grads, torch.arange(batch.num_problems)
+
+
+@dataclass(frozen=True)
+class _PrefixLayout:
+    prompt_ids: torch.Tensor  # [P, Lp] right-padded
+    prompt_mask: torch.Tensor  # [P, Lp]
+    prompt_len: torch.Tensor  # [P]
+    completion_ids: torch.Tensor  # [R, Lc] right-padded
+    completion_mask: torch.Tensor  # [R, Lc]
+    samples: int  # K rows per problem
+
+
+def _shared_prefix_layout(batch) -> _PrefixLayout | None:
+    """Split rows into per-problem prompts and per-row completions, or None if rows don't share prompts."""
+    owner, num = batch.problem_index, batch.num_problems
+    counts = torch.bincount(owner, minlength=num)
+    if owner.numel() == 0 or not bool((counts == counts[0]).all()) or not bool((owner[1:] >= owner[:-1]).all()):
+        return None
+    if not bool(batch.completion_mask.any(dim=1).all()):
+        return None
+    k = int(counts[0])
+    lengths = batch.attention_mask.sum(dim=1)
+    row_prompt = batch.completion_mask.argmax(dim=1) + 1  # first completion target t predicts token t+1
+    first_rows = torch.arange(num) * k
+    prompt_len = row_prompt[first_rows]
+    if not torch.equal(row_prompt, prompt_len.repeat_interleave(k)):
+        return None
+    lp, lc = int(prompt_len.max()), int((lengths - row_prompt).max())
+    cols = torch.arange(lp)
+    prompt_mask = (cols[None, :] < prompt_len[:, None]).long()
+    prompt_ids = torch.where(prompt_mask.bool(), batch.input_ids[first_rows, :lp], batch.input_ids[0, -1])
+    if not torch.equal((batch.input_ids[:, :lp] * prompt_mask.repeat_interleave(k, 0)), prompt_ids.repeat_interleave(k, 0) * prompt_mask.repeat_interleave(k, 0)):
+        return None  # some rows of a problem have different prompts
+    pad_id = int(batch.input_ids[0, -1]) if batch.input_ids.shape[1] else 0
+    index = (row_prompt[:, None] + torch.arange(lc)[None, :]).clamp(max=batch.input_ids.shape[1] - 1)
+    completion_mask = (torch.arange(lc)[None, :] < (lengths - row_prompt)[:, None]).long()
+    completion_ids = torch.where(completion_mask.bool(), batch.input_ids.gather(1, index), pad_id)
+    return _PrefixLayout(prompt_ids, prompt_mask, prompt_len, completion_ids, completion_mask, k)
+
+
+def _shared_prefix_logprobs(model, batch, layout: _PrefixLayout, temperature: float) -> torch.Tensor:
+    """`token_logprobs` with each prompt run once and its key/value cache repeated for its K completions."""
+    from transformers import DynamicCache
+
+    k, (num, lp) = layout.samples, layout.prompt_ids.shape
+    base = model.base_model
+    cache = DynamicCache(config=model.config)
+    prompt = base(
+        input_ids=layout.prompt_ids, attention_mask=layout.prompt_mask, position_ids=torch.arange(lp).expand(num, lp),
+        past_key_values=cache, use_cache=True,
+    )
+    cache.batch_repeat_interleave(k)  # differentiable: gradients from all K completions sum into the prompt
+    lc = layout.completion_ids.shape[1]
+    row_prompt = layout.prompt_len.repeat_interleave(k)
+    completion = base(
+        input_ids=layout.completion_ids,
+        attention_mask=torch.cat([layout.prompt_mask.repeat_interleave(k, 0), layout.completion_mask], dim=1),
+        position_ids=row_prompt[:, None] + torch.arange(lc)[None, :],
+        past_key_values=cache, use_cache=True,
+    )
+    last_prompt = prompt.last_hidden_state[torch.arange(num), layout.prompt_len - 1].repeat_interleave(k, 0)
+    hidden = torch.cat([last_prompt[:, None], completion.last_hidden_state[:, :-1]], dim=1)  # state predicting token j
+    logits = model.get_output_embeddings()(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, layout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    logp = torch.where(layout.completion_mask.bool(), logp, 0.0)
+    # back to the right-padded [R, T-1] layout: completion token j of row r is target column prompt_len - 1 + j
+    width = batch.completion_mask.shape[1]
+    full = torch.zeros(logp.shape[0], width + lc, dtype=logp.dtype)
+    full = full.scatter(1, (row_prompt - 1)[:, None] + torch.arange(lc)[None, :], logp)
+    return full[:, :width]
 
 
 @dataclass(frozen=True)
@@ -155,9 +252,9 @@ def gradient_features(
     for start in range(0, problems.height, problems_per_batch):
         chunk = problems[start : start + problems_per_batch]
         batch = to_rollout_batch(chunk, rollouts, tokenizer, template, loss_config.scale_rewards, loss_config.advantage_eps)
-        inputs, output_grads = capture_batch(model, ref_model, batch, loss_config, layers, temperature)
+        inputs, output_grads, owner = capture_batch(model, ref_model, batch, loss_config, layers, temperature)
         per_layer = [
-            projector.project_layer(name, inputs[name], output_grads[name], batch.problem_index, batch.num_problems)
+            projector.project_layer(name, inputs[name], output_grads[name], owner, batch.num_problems)
             for name in layers
         ]
         blocks.append(projector.finalize(torch.cat(per_layer, dim=1)))
