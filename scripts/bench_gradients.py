@@ -114,7 +114,7 @@ def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, sa
         loop_times.append(t_loop)
     relative = ((batched - loop).norm() / loop.norm()).item()
     speedup = min(loop_times) / min(batched_times)
-    report(label, "relative error |batched - loop| / |loop|", f"{relative:.2e}", verdict(relative < 1e-5, "< 1e-5"))
+    report(label, "relative error norm(batched - loop) / norm(loop)", f"{relative:.2e}", verdict(relative < 1e-5, "< 1e-5"))
     report(label, f"batched s (best / median of {repeats})", f"{min(batched_times):.3f} / {statistics.median(batched_times):.3f}")
     report(label, f"loop s (best / median of {repeats})", f"{min(loop_times):.3f} / {statistics.median(loop_times):.3f}")
     report(label, "speedup (best / median)", f"{speedup:.2f}x / {statistics.median(loop_times) / statistics.median(batched_times):.2f}x", verdict(speedup >= 3, ">= 3x"))

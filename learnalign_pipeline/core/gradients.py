@@ -119,7 +119,9 @@ def capture_batch(model, ref_model, batch, loss_config: GRPOLossConfig, layers: 
     K rollouts share its prompt (as rollouts do), the prompt runs once per problem and its keys and values are
     shared by the K completions: rows are then whole problems, prompt tokens followed by all K completions.
     """
-    layout = _shared_prefix_layout(batch)
+    models = [model] + ([ref_model] if loss_config.beta else [])
+    shareable = all(getattr(m.config, "model_type", None) in _PLAIN_DECODERS for m in models)
+    layout = _shared_prefix_layout(batch) if shareable else None
     ref_logp = None
     if loss_config.beta:
         with torch.no_grad():
@@ -144,6 +146,11 @@ def capture_batch(model, ref_model, batch, loss_config: GRPOLossConfig, layers: 
     inputs = {n: per_problem_rows(*capture.inputs[n]) for n in layers}
     grads = {n: per_problem_rows(*output_grads[n]) for n in layers}
     return inputs, grads, torch.arange(batch.num_problems)
+
+
+# Decoders whose logits are exactly lm_head(last hidden state) and that take explicit position ids with a
+# key/value cache: the shared-prompt forward reproduces their full forward.
+_PLAIN_DECODERS = {"qwen2", "qwen3", "llama", "mistral"}
 
 
 @dataclass(frozen=True)
@@ -174,13 +181,12 @@ def _shared_prefix_layout(batch) -> _PrefixLayout | None:
     lp, lc = int(prompt_len.max()), int((lengths - row_prompt).max())
     cols = torch.arange(lp)
     prompt_mask = (cols[None, :] < prompt_len[:, None]).long()
-    prompt_ids = torch.where(prompt_mask.bool(), batch.input_ids[first_rows, :lp], batch.input_ids[0, -1])
-    if not torch.equal((batch.input_ids[:, :lp] * prompt_mask.repeat_interleave(k, 0)), prompt_ids.repeat_interleave(k, 0) * prompt_mask.repeat_interleave(k, 0)):
+    prompt_ids = batch.input_ids[first_rows, :lp] * prompt_mask  # padding as token 0: masked out anyway
+    if not torch.equal(batch.input_ids[:, :lp] * prompt_mask.repeat_interleave(k, 0), prompt_ids.repeat_interleave(k, 0)):
         return None  # some rows of a problem have different prompts
-    pad_id = int(batch.input_ids[0, -1]) if batch.input_ids.shape[1] else 0
     index = (row_prompt[:, None] + torch.arange(lc)[None, :]).clamp(max=batch.input_ids.shape[1] - 1)
     completion_mask = (torch.arange(lc)[None, :] < (lengths - row_prompt)[:, None]).long()
-    completion_ids = torch.where(completion_mask.bool(), batch.input_ids.gather(1, index), pad_id)
+    completion_ids = batch.input_ids.gather(1, index) * completion_mask
     return _PrefixLayout(prompt_ids, prompt_mask, prompt_len, completion_ids, completion_mask, k)
 
 
