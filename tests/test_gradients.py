@@ -109,3 +109,66 @@ def test_kronecker_equals_dense_projection_by_the_kronecker_product():
     p_in, p_out = (f.double() for f in projector._factor("l", 6, 5))
     dense = torch.stack([(p_out.T @ g @ p_in).flatten() for g in per_problem_outer(x.double(), gy.double(), owner, problems)])
     torch.testing.assert_close(factored, dense.float(), rtol=1e-5, atol=1e-6)
+
+
+def _loop_gradients(model, reference, tokenizer, problems, rollouts, config):
+    layers = linear_layers(model)
+    rows = []
+    for i in range(problems.height):
+        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
+        with torch.no_grad():
+            ref_logp = token_logprobs(reference, batch)
+        model.zero_grad()
+        per_problem_loss(token_logprobs(model, batch), batch, config, ref_logp=ref_logp).sum().backward()
+        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
+    model.zero_grad()
+    return torch.stack(rows)
+
+
+def test_shared_prompt_logprobs_equal_the_plain_forward(model, tokenizer, problems, rollouts):
+    from learnalign_pipeline.core.gradients import _shared_prefix_layout, _shared_prefix_logprobs
+
+    batch = to_rollout_batch(problems, rollouts, tokenizer, "qa", True, 1e-4)
+    layout = _shared_prefix_layout(batch)
+    assert layout is not None and layout.prompt_ids.shape[0] == problems.height and layout.samples == 4
+    with torch.no_grad():
+        shared = _shared_prefix_logprobs(model, batch, layout, 1.0)
+        plain = token_logprobs(model, batch)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(shared[mask], plain[mask], rtol=1e-5, atol=1e-5)
+    assert torch.all(shared[~mask] == 0)
+
+
+def test_batched_gradients_stay_exact_without_the_shared_prompt_layout(model, tokenizer, problems, rollouts):
+    """A rollout with no completion tokens disables the shared-prompt forward: the plain batched path is exact too."""
+    from learnalign_pipeline.core.gradients import _shared_prefix_layout
+
+    first = problems["problem_id"][0]
+    empty = (pl.col("problem_id") == first) & (pl.col("sample_index") == 3)
+    odd = rollouts.with_columns(pl.when(empty).then(pl.lit([], dtype=pl.List(pl.Int32))).otherwise(pl.col("token_ids")).alias("token_ids"))
+    config = GRPOLossConfig(beta=0.04)
+    assert _shared_prefix_layout(to_rollout_batch(problems, odd, tokenizer, "qa", True, 1e-4)) is None
+    reference = build_reference(model)
+    batched = gradient_features(model, reference, tokenizer, problems, odd, config, ExactGradients(), "qa", problems_per_batch=7)
+    loop = _loop_gradients(model, reference, tokenizer, problems, odd, config)
+    assert ((batched.features - loop).norm() / loop.norm()).item() < 1e-5
+
+
+def test_per_problem_outer_takes_any_row_order():
+    x, gy, owner, problems = _random_layer_inputs(problems=5, rows_per_problem=3)
+    grouped = per_problem_outer(x, gy, owner, problems)  # one batched matmul
+    order = torch.randperm(owner.numel(), generator=torch.Generator().manual_seed(0))
+    shuffled = per_problem_outer(x[order], gy[order], owner[order], problems)  # one matmul per problem
+    torch.testing.assert_close(shuffled, grouped, rtol=1e-5, atol=1e-5)
+    rows = owner == 2
+    torch.testing.assert_close(grouped[2], gy[rows].reshape(-1, gy.shape[-1]).T @ x[rows].reshape(-1, x.shape[-1]))
+
+
+def test_second_projection_is_cached_and_unchanged():
+    projector = KroneckerProjector(4, 4, seed=5, output_width=8)
+    blocks = torch.randn(3, 40)
+    first = projector.finalize(blocks)
+    assert len(projector._second) == 1
+    torch.testing.assert_close(projector.finalize(blocks), first)
+    torch.testing.assert_close(KroneckerProjector(4, 4, seed=5, output_width=8).finalize(blocks), first)
+    assert first.shape == (3, 8)

@@ -82,6 +82,8 @@ def test_gradient_features_and_alignment_agree(materialized):
     assert isinstance(grads, TensorBundle)
     unit, norms = grads.tensors["unit_features"], grads.tensors["norms"]
     assert unit.dtype == torch.float16 and unit.shape[1] == events["projected_gradients"].metadata["width"].value
+    assert grads.metadata["width"] == str(unit.shape[1]) and grads.metadata["scope"] == "all_linear"
+    assert grads.metadata["projection"] == "kronecker" and grads.metadata["seed"] == "0"
     rates = _load(events["success_rates"])
     assert json.loads(grads.metadata["problem_ids"]) == rates["problem_id"].to_list()
     zero_variance = ((rates["success_rate"] == 0) | (rates["success_rate"] == 1)).to_numpy()

@@ -79,13 +79,23 @@ def build_rollout_batch(
 
 
 def token_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
-    """[R, T-1] log-probability of each next token under `model` (sampling temperature applied)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    """[R, T-1] log-probability of each next token under `model` (sampling temperature applied).
+
+    Columns before the first completion target in the batch are 0: their logits are never computed, since
+    the vocabulary projection and log-softmax at prompt-only positions are wasted work (the loss masks them).
+    """
+    width = batch.completion_mask.shape[1]
+    targeted = batch.completion_mask.any(dim=0).nonzero()
+    first = int(targeted[0]) if targeted.numel() else width
+    # no KV cache: nothing is generated here, and building one costs a copy of every layer's keys and values
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=width + 1 - first)
+    logits = out.logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision models: log-softmax in fp32
     if temperature != 1.0:
         logits = logits / temperature
-    targets = batch.input_ids[:, 1:].unsqueeze(-1)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+    targets = batch.input_ids[:, first + 1 :].unsqueeze(-1)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+    return torch.nn.functional.pad(logp, (first, 0))
 
 
 def per_problem_loss(

@@ -37,12 +37,18 @@ def rademacher(rows: int, cols: int, seed: int) -> torch.Tensor:
 def per_problem_outer(x: torch.Tensor, gy: torch.Tensor, owner: torch.Tensor, num_problems: int) -> torch.Tensor:
     """sum over a problem's rows and tokens of gy x^T: x [R, T, a], gy [R, T, b] -> [P, b, a].
 
-    One matmul per problem over all its tokens, never a per-row outer product.
+    Rows arrive grouped by problem with K rows each (as `build_rollout_batch` lays them out): then it is one
+    batched matmul over [P, K*T] tokens. Any other layout falls back to one matmul per problem.
     """
-    out = torch.zeros(num_problems, gy.shape[-1], x.shape[-1], dtype=x.dtype)
+    a, b = x.shape[-1], gy.shape[-1]
+    counts = torch.bincount(owner, minlength=num_problems)
+    grouped = owner.numel() > 0 and bool((counts == counts[0]).all()) and bool((owner[1:] >= owner[:-1]).all())
+    if grouped and counts.numel() == num_problems:
+        return torch.bmm(gy.reshape(num_problems, -1, b).transpose(1, 2), x.reshape(num_problems, -1, a))
+    out = torch.zeros(num_problems, b, a, dtype=x.dtype, device=x.device)
     for p in range(num_problems):
         rows = owner == p
-        out[p] = gy[rows].reshape(-1, gy.shape[-1]).T @ x[rows].reshape(-1, x.shape[-1])
+        out[p] = gy[rows].reshape(-1, b).T @ x[rows].reshape(-1, a)
     return out
 
 
@@ -86,6 +92,7 @@ class KroneckerProjector:
         self.k_in, self.k_out, self.seed = k_in, k_out, seed
         self.output_width = output_width
         self._factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._second: dict[int, torch.Tensor] = {}  # by input width: regenerating it per batch dominated small runs
 
     def _factor(self, name: str, d_in: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._factors:
@@ -102,5 +109,8 @@ class KroneckerProjector:
     def finalize(self, blocks):
         if self.output_width is None:
             return blocks
-        second = rademacher(blocks.shape[1], self.output_width, layer_seed(self.seed, "__output__"))
-        return blocks @ second / math.sqrt(self.output_width)
+        width = blocks.shape[1]
+        if width not in self._second:
+            second = rademacher(width, self.output_width, layer_seed(self.seed, "__output__"))
+            self._second[width] = second / math.sqrt(self.output_width)
+        return blocks @ self._second[width].to(blocks.device)

@@ -77,6 +77,9 @@ def projected_gradients(
         metadata={
             "problem_ids": json.dumps(ids),
             "projection": config.projection,
+            "width": str(int(features.shape[1])),
+            "seed": str(config.seed),
+            "scope": config.scope if config.scope != "last_blocks" else f"last_blocks:{config.last_blocks}",
             "config": config.model_dump_json(),
             "policy": warmup_policy.path.name,
             "reference_policy": pretrained_policy.path.name,
