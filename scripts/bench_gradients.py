@@ -103,7 +103,7 @@ def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, sa
     config = GRPOLossConfig(beta=0.04)
     params = sum(p.numel() for p in model.parameters())
     label = f"1 batched vs loop [{name}]"
-    report(label, f"model params / problems x rollouts", f"{params / 1e6:.2f}M / {num_problems}x{samples}")
+    report(label, "model params / problems x rollouts", f"{params / 1e6:.2f}M / {num_problems}x{samples}")
     batched_times, loop_times = [], []
     for _ in range(repeats):  # interleaved so both see the same machine load
         batched, t_batched = timed(
