@@ -107,11 +107,16 @@ def test_checkpoints_load_and_benchmark_reports_every_policy(materialized):
     warm = torch.load  # noqa: F841 - nothing in the artifact store may need torch.load: no pickle files at all
     assert not [p for p in (home / "artifacts").rglob("*") if p.suffix in {".pt", ".pkl", ".bin", ".pickle"}]
     results = _load(events["benchmark_results"])
-    assert results["policy"].to_list() == ["pretrained", "warmup", "trained"]
+    n = SMOKE["ops"]["benchmark_results"]["config"]["sampled_n"]
+    greedy, sampled = results.filter(pl.col("decoding") == "greedy"), results.filter(pl.col("decoding") != "greedy")
+    assert greedy["policy"].to_list() == sampled["policy"].to_list() == ["pretrained", "warmup", "trained"]
+    assert set(results["template"]) == {"qa_2shot"} and sampled["decoding"][0] == f"sampled n={n} T=0.6 top_p=0.95"
     assert ((results["accuracy"] >= 0) & (results["accuracy"] <= 1)).all()
-    assert (results["num_correct"] == (results["accuracy"] * results["num_problems"]).round()).all()
+    assert (greedy["num_correct"] == (greedy["accuracy"] * greedy["num_problems"]).round()).all()
+    assert (sampled["num_correct"] == (sampled["accuracy"] * sampled["num_problems"] * n).round()).all()
     stored = duckdb.connect(str(home / "results.duckdb"), read_only=True).execute("SELECT policy, accuracy FROM benchmark_results").fetchall()
     assert sorted(stored) == sorted(zip(results["policy"], results["accuracy"]))
+    assert events["benchmark_results"].metadata["accuracy_trained"].value == greedy["accuracy"][2]
 
 
 def test_rematerializing_gives_identical_data_versions(materialized, tmp_path):

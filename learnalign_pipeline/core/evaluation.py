@@ -1,4 +1,4 @@
-"""Benchmarks: greedy pass@1 of a policy on a problem set, with what the number means recorded beside it."""
+"""Benchmarks: pass@1 of a policy on a problem set, with what the number means recorded beside it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from .generation import GenerationBackend, SamplingSpec
+from .prompts import PromptFormat
 from .rollouts import Verifier, sample_rollouts
 
 
@@ -15,10 +16,10 @@ class BenchmarkResult:
     policy: str
     benchmark: str
     num_problems: int
-    num_correct: int
-    accuracy: float
+    num_correct: int  # greedy: problems solved; sampled: correct samples
+    accuracy: float  # pass@1: greedy accuracy, or the mean over n samples per problem
     template: str
-    decoding: str
+    decoding: str  # "greedy" or "sampled n=<n> T=<t> top_p=<p>"
     max_new_tokens: int
     verifier: str
     backend: str
@@ -27,30 +28,32 @@ class BenchmarkResult:
         return asdict(self)
 
 
-def greedy_pass_at_1(
+def pass_at_1(
     backend: GenerationBackend,
     problems: pl.DataFrame,
     verifier: Verifier,
-    template: str,
-    max_new_tokens: int,
+    template: str | PromptFormat,
+    spec: SamplingSpec,
     policy: str,
     benchmark: str,
+    seed: int = 0,
 ) -> tuple[BenchmarkResult, pl.DataFrame]:
-    """(summary, per-problem completions and rewards) of greedy decoding on `problems`."""
-    rollouts = sample_rollouts(
-        backend, problems, SamplingSpec(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens), verifier, template, base_seed=0
-    )
+    """(summary, per-sample completions and rewards). Greedy when spec.temperature == 0; otherwise the unbiased
+    mean-of-n estimate of sampled pass@1 (every problem gets spec.num_samples samples)."""
+    rollouts = sample_rollouts(backend, problems, spec, verifier, template, base_seed=seed)
     correct = int(rollouts["reward"].sum())
+    greedy = spec.temperature == 0
     result = BenchmarkResult(
         policy=policy,
         benchmark=benchmark,
         num_problems=problems.height,
         num_correct=correct,
-        accuracy=correct / problems.height if problems.height else float("nan"),
-        template=template,
-        decoding="greedy",
-        max_new_tokens=max_new_tokens,
+        accuracy=correct / rollouts.height if rollouts.height else float("nan"),
+        template=template.name if isinstance(template, PromptFormat) else template,
+        decoding="greedy" if greedy else f"sampled n={spec.num_samples} T={spec.temperature} top_p={spec.top_p}",
+        max_new_tokens=spec.max_new_tokens,
         verifier=verifier.name,
         backend=backend.name,
     )
     return result, rollouts.with_columns(pl.lit(policy).alias("policy"))
+

@@ -24,6 +24,7 @@ from torch import nn
 
 from .grpo import GRPOLossConfig, per_problem_loss, token_logprobs
 from .projection import Projector, per_problem_outer
+from .prompts import PromptFormat
 from .rollouts import to_rollout_batch
 
 Scope = Literal["all_linear", "last_blocks", "attention"]
@@ -239,7 +240,7 @@ def gradient_features(
     rollouts: pl.DataFrame,
     loss_config: GRPOLossConfig,
     projector: Projector,
-    template: str,
+    template: str | PromptFormat,
     scope: Scope = "all_linear",
     last_blocks: int = 1,
     problems_per_batch: int = 32,

@@ -7,7 +7,7 @@ from typing import Protocol
 import polars as pl
 
 from .generation import GenerationBackend, SamplingSpec, prompt_seeds
-from .prompts import render
+from .prompts import PromptFormat, render
 
 ROLLOUT_SCHEMA = {
     "problem_id": pl.String(),
@@ -32,12 +32,13 @@ def sample_rollouts(
     problems: pl.DataFrame,
     spec: SamplingSpec,
     verifier: Verifier,
-    template: str,
+    template: str | PromptFormat,
     base_seed: int,
 ) -> pl.DataFrame:
     """One row per (problem, sample) with the completion, its token ids and its reward."""
     ids = problems["problem_id"].to_list()
-    prompts = [render(template, p) for p in problems["prompt"].to_list()]
+    tokenizer = getattr(backend, "tokenizer", None)  # only a chat format needs it
+    prompts = [render(template, p, tokenizer) for p in problems["prompt"].to_list()]
     seeds = prompt_seeds(ids, base_seed, spec.num_samples)
     groups = backend.generate(prompts, spec, seeds)
     rows: dict[str, list] = {k: [] for k in ROLLOUT_SCHEMA}
@@ -84,7 +85,7 @@ def to_rollout_batch(
     if order["token_ids"].null_count():
         missing = order.filter(pl.col("token_ids").is_null())["problem_id"].head(3).to_list()
         raise ValueError(f"rollouts are missing for {order['token_ids'].null_count()} problems, e.g. {missing}")
-    prompt_ids = [tokenizer(render(template, p))["input_ids"] for p in order["prompt"].to_list()]
+    prompt_ids = [tokenizer(render(template, p, tokenizer))["input_ids"] for p in order["prompt"].to_list()]
     rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32)
     advantages = group_advantages(rewards, scale=scale_rewards, eps=advantage_eps)
     return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)

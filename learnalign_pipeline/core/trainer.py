@@ -19,6 +19,7 @@ import torch
 
 from .generation import SamplingSpec, TransformersBackend
 from .grpo import GRPOLossConfig, per_problem_loss, token_logprobs
+from .prompts import PromptFormat
 from .rollouts import Verifier, sample_rollouts, to_rollout_batch
 
 
@@ -31,7 +32,7 @@ class GRPOTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
-    template: str = "qa"
+    template: str | PromptFormat = "qa"
     seed: int = 0
 
 

@@ -90,6 +90,10 @@ class VLLMBackend:
         eos = llm.get_tokenizer().eos_token_id
         return [[_completion(c, eos) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
 
+    @property
+    def tokenizer(self):
+        return self._engine().get_tokenizer()
+
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
         if self._llm is not None:

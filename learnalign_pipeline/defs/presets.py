@@ -18,6 +18,7 @@ SMOKE: dict = {
         "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8}},
         "selected_subset": {"config": {"budget": 16}},
         "trained_policy": {"config": {"steps": 3, "problems_per_step": 8, "num_samples": 4}},
+        "benchmark_results": {"config": {"fewshot": 2, "sampled_n": 2}},
     },
     "resources": {"task": {"config": {"max_new_tokens": 16}}},
 }

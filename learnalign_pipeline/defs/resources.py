@@ -10,6 +10,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..core.grpo import GRPOLossConfig
+from ..core.prompts import PromptFormat
 from ..core.verify import make_verifier
 from .generation import Generator
 from .io_manager import ArtifactIOManager
@@ -35,10 +36,14 @@ class TaskSettings(dg.ConfigurableResource):
     """How a problem is posed to the policy and how its answer is checked; shared by every generating stage."""
 
     template: str = "qa"  # prompt template name (core.prompts.TEMPLATES)
+    chat: bool = False  # wrap prompts in the model's chat template (instruct models)
     # numeric_* for GSM8K-style numbers (lm-eval filters), math_verify for LaTeX / \boxed{} answers (MATH).
     verifier: Literal["numeric_flexible", "numeric_strict", "math_verify"] = "numeric_flexible"
     verifier_timeout_s: float = 5.0  # math_verify: wall-clock limit per answer; a timeout scores 0
     max_new_tokens: int = 24  # completion length limit for rollouts, training and benchmarks
+
+    def prompt_format(self, shots: tuple[tuple[str, str], ...] = ()) -> PromptFormat:
+        return PromptFormat(self.template, shots=shots, chat=self.chat)
 
     def make_verifier(self):
         return make_verifier(self.verifier, timeout_s=self.verifier_timeout_s)

@@ -32,6 +32,6 @@ class GRPOStageConfig(dg.Config):
             weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm,
             loss=loss.config(task.max_new_tokens),
-            template=task.template,
+            template=task.prompt_format(),
             seed=self.seed,
         )

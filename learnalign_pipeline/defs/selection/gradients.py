@@ -62,7 +62,7 @@ def projected_gradients(
     active = active.join(raw_problems, on="problem_id", how="left", maintain_order="left")
     started = time.perf_counter()
     result = gradient_features(
-        model, reference, tokenizer, active, rollouts, loss, config.projector(), task.template,
+        model, reference, tokenizer, active, rollouts, loss, config.projector(), task.prompt_format(),
         scope=config.scope, last_blocks=config.last_blocks, problems_per_batch=config.problems_per_batch,
     )
     seconds = time.perf_counter() - started

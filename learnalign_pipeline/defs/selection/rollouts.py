@@ -51,7 +51,7 @@ def rollouts_and_success_rates(
     spec = SamplingSpec(num_samples=config.num_samples, temperature=config.temperature, top_p=config.top_p, max_new_tokens=task.max_new_tokens)
     started = time.perf_counter()
     verifier = task.make_verifier()
-    rollouts = sample_rollouts(backend, raw_problems, spec, verifier, task.template, config.seed)
+    rollouts = sample_rollouts(backend, raw_problems, spec, verifier, task.prompt_format(), config.seed)
     seconds = time.perf_counter() - started
     rates = success_rates(rollouts)
     learnable = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).height
