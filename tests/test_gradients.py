@@ -23,17 +23,8 @@ def test_batched_gradients_equal_one_backward_per_problem(model, tokenizer, prob
     reference = build_reference(model)
     config = GRPOLossConfig(beta=0.04)
     batched = gradient_features(model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa", problems_per_batch=5)
-    layers = linear_layers(model)
-    assert "lm_head" not in layers  # tied to the embedding: not an outer product, left out
-    loop = []
-    for i in range(problems.height):
-        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
-        with torch.no_grad():
-            ref_logp = token_logprobs(reference, batch)
-        model.zero_grad()
-        per_problem_loss(token_logprobs(model, batch), batch, config, ref_logp=ref_logp).sum().backward()
-        loop.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
-    loop = torch.stack(loop)
+    assert "lm_head" not in linear_layers(model)  # tied to the embedding: not an outer product, left out
+    loop = _loop_gradients(model, reference, tokenizer, problems, rollouts, config)
     assert loop.norm() > 0
     relative = ((batched.features - loop).norm() / loop.norm()).item()
     assert relative < 1e-5, relative
