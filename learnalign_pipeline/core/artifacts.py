@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import safetensors.torch
+from safetensors.torch import load as load_safetensors  # safetensors' own parser: no pickle
 import torch
 
 
@@ -147,7 +148,7 @@ def read_artifact(path: Path, expected_sha256: str | None = None):
     if path.suffix == ".parquet":
         return pl.read_parquet(io.BytesIO(data))
     if path.suffix == ".safetensors":
-        tensors = safetensors.torch.load(data)
+        tensors = load_safetensors(data)
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
         return TensorBundle(tensors=tensors, metadata=json.loads(metadata.get(METADATA_KEY, "{}")))
