@@ -273,3 +273,19 @@ def gradient_features(
 def zero_variance_ids(rates: pl.DataFrame) -> set[str]:
     """Problems with p in {0, 1}: every advantage is zero, so no backward pass is needed."""
     return set(rates.filter((pl.col("success_rate") <= 0) | (pl.col("success_rate") >= 1))["problem_id"].to_list())
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf where a number was required; the message names the problems."""
+
+
+def drop_nonfinite(result: FeatureBatchResult, policy: Literal["fail", "exclude"]) -> tuple[FeatureBatchResult, list[str]]:
+    """Check every problem's features. `fail` raises naming the problems; `exclude` zeroes their rows (they then
+    score like zero-variance problems) and returns their ids so the stage can count and list them."""
+    bad_rows = (~torch.isfinite(result.features).all(dim=1)).nonzero().flatten().tolist()
+    bad_ids = [result.problem_ids[i] for i in bad_rows]
+    if bad_ids and policy == "fail":
+        raise NonFiniteError(f"non-finite gradient features for {len(bad_ids)} problems, e.g. {bad_ids[:5]}")
+    features = result.features.clone()
+    features[bad_rows] = 0.0
+    return FeatureBatchResult(result.problem_ids, features), bad_ids

@@ -8,11 +8,10 @@ being updated, so the importance ratio is exactly 1 and the loss gradient is the
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import polars as pl
 import torch
@@ -34,6 +33,7 @@ class GRPOTrainConfig:
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     template: str | PromptFormat = "qa"
     seed: int = 0
+    on_nonfinite: Literal["fail", "exclude"] = "fail"  # NaN/inf problem losses: raise naming them, or leave them out of the step
 
 
 def _epoch_batches(ids: Sequence[int], batch_size: int, steps: int, seed: int):
@@ -81,15 +81,27 @@ def train_grpo(
         if ref_model is not None:
             with torch.no_grad():
                 ref_logp = token_logprobs(ref_model, batch, config.sampling.temperature or 1.0)
-        loss = per_problem_loss(logp, batch, config.loss, ref_logp=ref_logp).mean()
+        losses = per_problem_loss(logp, batch, config.loss, ref_logp=ref_logp)
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            bad = [batch_problems["problem_id"][i] for i in (~finite).nonzero().flatten().tolist()]
+            if config.on_nonfinite == "fail":
+                raise FloatingPointError(f"non-finite GRPO loss at step {step} for {len(bad)} problems, e.g. {bad[:5]}")
+        loss = losses[finite].mean() if finite.any() else None
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
+        grad_norm = torch.tensor(0.0)
+        if loss is not None:  # with every problem excluded the step is skipped, not taken on nothing
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            elif config.on_nonfinite == "fail":
+                raise FloatingPointError(f"non-finite gradient norm at step {step}")
         rates = rollouts.group_by("problem_id").agg(pl.col("reward").mean())["reward"]
         record = {
             "step": step,
-            "loss": float(loss),
+            "loss": float(loss) if loss is not None else float("nan"),
+            "nonfinite_problems": int((~finite).sum()),
             "reward_mean": float(rollouts["reward"].mean()),
             "frac_reward_zero_std": float(((rates == 0) | (rates == 1)).mean()),
             "completion_tokens_mean": float(rollouts["num_tokens"].mean()),
@@ -97,8 +109,6 @@ def train_grpo(
             "kl": _mean_kl(logp, ref_logp, batch.completion_mask),
             "seconds": time.perf_counter() - started,
         }
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"GRPO loss is {record['loss']} at step {step}")
         history.append(record)
         if log:
             log(record)

@@ -50,5 +50,6 @@ def grpo_stage(context, config, task, grpo_loss, store: ArtifactStore, start: Ch
         problems=problems.height,
         reward_first_step=history[0]["reward_mean"],
         reward_last_step=history[-1]["reward_mean"],
+        nonfinite_problems_excluded=sum(r["nonfinite_problems"] for r in history),
         train_seconds=round(time.perf_counter() - started, 1),
     )

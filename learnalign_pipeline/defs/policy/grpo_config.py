@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -22,6 +24,9 @@ class GRPOStageConfig(dg.Config):
     weight_decay: float = Field(default=0.0, description="AdamW weight decay")
     max_grad_norm: float = Field(default=1.0, description="gradient clipping norm")
     seed: int = Field(default=0, description="seed of batch order and sampling")
+    on_nonfinite: Literal["fail", "exclude"] = Field(
+        default="fail", description="NaN/inf problem losses: fail naming them, or leave them out of the step and count them"
+    )
 
     def train_config(self, task: TaskSettings, loss: GRPOLoss) -> GRPOTrainConfig:
         return GRPOTrainConfig(
@@ -34,4 +39,5 @@ class GRPOStageConfig(dg.Config):
             loss=loss.config(task.max_new_tokens),
             template=task.prompt_format(),
             seed=self.seed,
+            on_nonfinite=self.on_nonfinite,
         )

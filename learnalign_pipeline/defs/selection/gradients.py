@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from ...core.artifacts import Checkpoint, TensorBundle
-from ...core.gradients import gradient_features
+from ...core.gradients import drop_nonfinite, gradient_features
 from ...core.policy import load_policy
 from ...core.projection import DenseProjector, KroneckerProjector
 from ...core.scoring import unit_rows
@@ -35,6 +35,9 @@ class GradientConfig(dg.Config):
     last_blocks: int = Field(default=1, description="with scope=last_blocks: how many final blocks")
     seed: int = Field(default=0, description="projection seed")
     problems_per_batch: int = Field(default=32, description="problems per batched forward/backward")
+    on_nonfinite: Literal["fail", "exclude"] = Field(
+        default="fail", description="NaN/inf features: fail naming the problems, or zero them (scored like p in {0,1}) and count them"
+    )
 
     def projector(self):
         if self.projection == "dense":
@@ -66,6 +69,7 @@ def projected_gradients(
         scope=config.scope, last_blocks=config.last_blocks, problems_per_batch=config.problems_per_batch,
     )
     seconds = time.perf_counter() - started
+    result, excluded = drop_nonfinite(result, config.on_nonfinite)
     ids = success_rates["problem_id"].to_list()
     row_of = {pid: i for i, pid in enumerate(ids)}
     features = torch.zeros(len(ids), result.features.shape[1])
@@ -91,6 +95,8 @@ def projected_gradients(
         problems=len(ids),
         backward_problems=active.height,
         skipped_zero_variance=len(ids) - active.height,
+        excluded_nonfinite=len(excluded),
+        excluded_nonfinite_ids=dg.MetadataValue.json(excluded[:100]),
         problems_per_second=round(active.height / seconds, 1) if seconds > 0 else None,
         projection=config.projection,
         policy=warmup_policy.path.name,
