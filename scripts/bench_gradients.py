@@ -26,12 +26,12 @@ import polars as pl
 import torch
 
 from learnalign_pipeline.core.arithmetic import arithmetic_frame, generate_problems
-from learnalign_pipeline.core.gradients import ExactGradients, capture_batch, gradient_features, linear_layers
-from learnalign_pipeline.core.grpo import GRPOLossConfig, per_problem_loss, token_logprobs
+from learnalign_pipeline.core.gradients import ExactGradients, capture_batch, gradient_features, linear_layers, loop_gradients
+from learnalign_pipeline.core.grpo import GRPOLossConfig
 from learnalign_pipeline.core.policy import TinyPolicySpec, build_model, load_policy, train_tokenizer
 from learnalign_pipeline.core.projection import DenseProjector, KroneckerProjector
 from learnalign_pipeline.core.prompts import render
-from learnalign_pipeline.core.rollouts import to_rollout_batch
+from learnalign_pipeline.core.rollouts import learnable_problems, to_rollout_batch
 from learnalign_pipeline.core.scoring import learnability, learnalign_scores, top_n, unit_rows
 
 ROWS: list[tuple[str, str, str, str]] = []  # (benchmark, quantity, value, target verdict)
@@ -73,21 +73,6 @@ def perturbed(model):
     return reference
 
 
-def per_problem_loop(model, reference, tokenizer, problems, rollouts, config) -> torch.Tensor:
-    """The LESS way: one forward/backward per problem, then read every chosen layer's weight .grad."""
-    layers = linear_layers(model)
-    rows = []
-    for i in range(problems.height):
-        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
-        with torch.no_grad():
-            ref_logp = token_logprobs(reference, batch)
-        model.zero_grad(set_to_none=True)
-        per_problem_loss(token_logprobs(model, batch), batch, config, ref_logp=ref_logp).sum().backward()
-        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
-    model.zero_grad(set_to_none=True)
-    return torch.stack(rows)
-
-
 def timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -109,7 +94,7 @@ def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, sa
         batched, t_batched = timed(
             lambda: gradient_features(model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa").features
         )
-        loop, t_loop = timed(lambda: per_problem_loop(model, reference, tokenizer, problems, rollouts, config))
+        loop, t_loop = timed(lambda: loop_gradients(model, reference, tokenizer, problems, rollouts, config))
         batched_times.append(t_batched)
         loop_times.append(t_loop)
     relative = ((batched - loop).norm() / loop.norm()).item()
@@ -197,7 +182,7 @@ def bench_selection(artifacts: Path) -> None:
     rates = pl.read_parquet(newest(artifacts, "success_rates"))
     model, tokenizer = load_policy(newest(artifacts, "warmup_policy"))
     reference = load_policy(newest(artifacts, "pretrained_policy"))[0] if loss.beta else None
-    active = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).select("problem_id")
+    active = learnable_problems(rates).select("problem_id")
     active = active.join(raw, on="problem_id", how="left", maintain_order="left")
     ids = rates["problem_id"].to_list()
     row_of = {pid: i for i, pid in enumerate(ids)}

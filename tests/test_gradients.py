@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from learnalign_pipeline.core.generation import SamplingSpec, TransformersBackend
-from learnalign_pipeline.core.gradients import ExactGradients, gradient_features, linear_layers
-from learnalign_pipeline.core.grpo import GRPOLossConfig, per_problem_loss, token_logprobs
+from learnalign_pipeline.core.gradients import ExactGradients, gradient_features, linear_layers, loop_gradients
+from learnalign_pipeline.core.grpo import GRPOLossConfig, token_logprobs
 from learnalign_pipeline.core.projection import DenseProjector, KroneckerProjector, per_problem_outer
 from learnalign_pipeline.core.rollouts import sample_rollouts, to_rollout_batch
 from learnalign_pipeline.core.verify import NumericVerifier
@@ -24,7 +24,7 @@ def test_batched_gradients_equal_one_backward_per_problem(model, tokenizer, prob
     config = GRPOLossConfig(beta=0.04)
     batched = gradient_features(model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa", problems_per_batch=5)
     assert "lm_head" not in linear_layers(model)  # tied to the embedding: not an outer product, left out
-    loop = _loop_gradients(model, reference, tokenizer, problems, rollouts, config)
+    loop = loop_gradients(model, reference, tokenizer, problems, rollouts, config)
     assert loop.norm() > 0
     relative = ((batched.features - loop).norm() / loop.norm()).item()
     assert relative < 1e-5, relative
@@ -102,20 +102,6 @@ def test_kronecker_equals_dense_projection_by_the_kronecker_product():
     torch.testing.assert_close(factored, dense.float(), rtol=1e-5, atol=1e-6)
 
 
-def _loop_gradients(model, reference, tokenizer, problems, rollouts, config):
-    layers = linear_layers(model)
-    rows = []
-    for i in range(problems.height):
-        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
-        with torch.no_grad():
-            ref_logp = token_logprobs(reference, batch)
-        model.zero_grad()
-        per_problem_loss(token_logprobs(model, batch), batch, config, ref_logp=ref_logp).sum().backward()
-        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
-    model.zero_grad()
-    return torch.stack(rows)
-
-
 def test_shared_prompt_logprobs_equal_the_plain_forward(model, tokenizer, problems, rollouts):
     from learnalign_pipeline.core.gradients import _shared_prefix_layout, _shared_prefix_logprobs
 
@@ -141,7 +127,7 @@ def test_batched_gradients_stay_exact_without_the_shared_prompt_layout(model, to
     assert _shared_prefix_layout(to_rollout_batch(problems, odd, tokenizer, "qa", True, 1e-4)) is None
     reference = build_reference(model)
     batched = gradient_features(model, reference, tokenizer, problems, odd, config, ExactGradients(), "qa", problems_per_batch=7)
-    loop = _loop_gradients(model, reference, tokenizer, problems, odd, config)
+    loop = loop_gradients(model, reference, tokenizer, problems, odd, config)
     assert ((batched.features - loop).norm() / loop.norm()).item() < 1e-5
 
 

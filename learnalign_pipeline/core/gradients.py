@@ -249,7 +249,7 @@ def gradient_features(
     """Projected gradient of each problem's GRPO loss (at `model`, KL against `ref_model`).
 
     Problems whose rollouts all got the same reward have zero advantage; callers skip them (see
-    `zero_variance_ids`) since their gradient is at most the small KL term.
+    `rollouts.learnable_problems`) since their gradient is at most the small KL term.
     """
     layers = linear_layers(model, scope, last_blocks)
     if not layers:
@@ -270,9 +270,22 @@ def gradient_features(
     return FeatureBatchResult(problems["problem_id"].to_list(), features)
 
 
-def zero_variance_ids(rates: pl.DataFrame) -> set[str]:
-    """Problems with p in {0, 1}: every advantage is zero, so no backward pass is needed."""
-    return set(rates.filter((pl.col("success_rate") <= 0) | (pl.col("success_rate") >= 1))["problem_id"].to_list())
+def loop_gradients(model, ref_model, tokenizer, problems, rollouts, loss_config: GRPOLossConfig, template="qa", scope: Scope = "all_linear") -> torch.Tensor:
+    """The reference `gradient_features` is checked and timed against (the LESS way): one forward/backward per
+    problem, reading each scored layer's weight .grad. [P, sum of layer sizes], rows in `problems` order."""
+    layers = linear_layers(model, scope)
+    rows = []
+    for i in range(problems.height):
+        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, template, loss_config.scale_rewards, loss_config.advantage_eps)
+        ref_logp = None
+        if loss_config.beta:
+            with torch.no_grad():
+                ref_logp = token_logprobs(ref_model, batch)
+        model.zero_grad(set_to_none=True)
+        per_problem_loss(token_logprobs(model, batch), batch, loss_config, ref_logp=ref_logp).sum().backward()
+        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
 
 
 class NonFiniteError(FloatingPointError):

@@ -66,6 +66,12 @@ def success_rates(rollouts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def learnable_problems(rates: pl.DataFrame) -> pl.DataFrame:
+    """Rows of `rates` with 0 < p < 1. The others have equal rewards in every sample, hence zero advantage: no
+    policy-gradient signal and no backward pass needed."""
+    return rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1))
+
+
 def to_rollout_batch(
     problems: pl.DataFrame, rollouts: pl.DataFrame, tokenizer, template: str, scale_rewards: bool, advantage_eps: float
 ):

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ..core.artifacts import Checkpoint, TensorBundle, read_artifact, write_artifact
+from ..core.artifacts import TensorBundle, read_artifact, write_artifact
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
@@ -58,5 +58,3 @@ def _partition_event(instance: dg.DagsterInstance, key: dg.AssetKey, partition: 
     ).records
     return records[0].event_log_entry if records else None
 
-
-__all__ = ["ArtifactIOManager", "Checkpoint", "TensorBundle"]

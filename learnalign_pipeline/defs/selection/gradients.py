@@ -13,6 +13,7 @@ from pydantic import Field
 from ...core.artifacts import Checkpoint, TensorBundle
 from ...core.gradients import drop_nonfinite, gradient_features
 from ...core.policy import load_policy
+from ...core.rollouts import learnable_problems
 from ...core.projection import DenseProjector, KroneckerProjector
 from ...core.scoring import unit_rows
 from ..constants import gpu_step
@@ -61,7 +62,7 @@ def projected_gradients(
     model, tokenizer = load_policy(warmup_policy.path)
     loss = grpo_loss.config(task.max_new_tokens)
     reference = load_policy(pretrained_policy.path)[0] if loss.beta else None
-    active = success_rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).select("problem_id")
+    active = learnable_problems(success_rates).select("problem_id")
     active = active.join(raw_problems, on="problem_id", how="left", maintain_order="left")
     started = time.perf_counter()
     result = gradient_features(

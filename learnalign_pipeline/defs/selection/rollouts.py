@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ...core.artifacts import Checkpoint
 from ...core.generation import SamplingSpec
-from ...core.rollouts import sample_rollouts, success_rates
+from ...core.rollouts import learnable_problems, sample_rollouts, success_rates
 from ..constants import gpu_asset, gpu_op
 from ..generation import BackendName, Generator
 from ..metadata import markdown_table
@@ -54,7 +54,7 @@ def rollouts_and_success_rates(
     rollouts = sample_rollouts(backend, raw_problems, spec, verifier, task.prompt_format(), config.seed)
     seconds = time.perf_counter() - started
     rates = success_rates(rollouts)
-    learnable = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).height
+    learnable = learnable_problems(rates).height
     yield versioned(
         rollouts,
         output_name="rollouts",
