@@ -19,6 +19,7 @@ import torch
 from .generation import SamplingSpec, TransformersBackend
 from .grpo import GRPOLossConfig, per_problem_loss, token_logprobs
 from .prompts import PromptFormat
+from .resume import ResumeDirectory, restore
 from .rollouts import Verifier, sample_rollouts, to_rollout_batch
 
 
@@ -56,8 +57,16 @@ def train_grpo(
     verifier: Verifier,
     config: GRPOTrainConfig,
     log: Callable[[dict], None] | None = None,
+    resume: ResumeDirectory | None = None,
+    checkpoint_every: int = 0,
 ) -> list[dict]:
-    """Train `model` in place on `problems`; the reference for the KL term is a frozen copy of the start."""
+    """Train `model` in place on `problems`; the reference for the KL term is a frozen copy of the start.
+
+    With `resume`, the full training state is saved there after every `checkpoint_every` steps, and training
+    continues from the newest saved state it finds; `model` must then be the same start model, and the result
+    is bitwise the one of an uninterrupted run (same thread count); `resume.resumed_from_step` says where it
+    started.
+    """
     if problems.height == 0:
         raise ValueError("GRPO needs at least one problem")
     torch.manual_seed(config.seed)
@@ -65,8 +74,15 @@ def train_grpo(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     backend = TransformersBackend(model, tokenizer)
     batch_size = min(config.problems_per_step, problems.height)
-    history = []
+    history: list[dict] = []
+    first_step = 0
+    state = resume.latest() if resume is not None else None
+    if state is not None:
+        restore(state, model, optimizer)
+        history, first_step = list(state.history), state.step
     for step, rows in enumerate(_epoch_batches(range(problems.height), batch_size, config.steps, config.seed)):
+        if step < first_step:  # done before the restart; the batch generator is replayed to stay in sequence
+            continue
         started = time.perf_counter()
         batch_problems = problems[rows]
         rollouts = sample_rollouts(
@@ -100,7 +116,7 @@ def train_grpo(
         rates = rollouts.group_by("problem_id").agg(pl.col("reward").mean())["reward"]
         record = {
             "step": step,
-            "loss": float(loss) if loss is not None else float("nan"),
+            "loss": float(loss.detach()) if loss is not None else float("nan"),
             "nonfinite_problems": int((~finite).sum()),
             "reward_mean": float(rollouts["reward"].mean()),
             "frac_reward_zero_std": float(((rates == 0) | (rates == 1)).mean()),
@@ -110,6 +126,8 @@ def train_grpo(
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
+        if resume is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+            resume.save(step + 1, model, optimizer, history)
         if log:
             log(record)
     model.eval()
