@@ -129,10 +129,24 @@ def _read_jsonl(fs, fs_path: str, spec: SourceSpec) -> Iterator[_RawRow]:
             except json.JSONDecodeError as error:
                 yield _RawRow(location, index, None, preview, RowError("malformed_json", f"malformed JSON: {error.msg} at column {error.colno}"))
                 continue
+            except RecursionError:  # found by fuzzing: "[[[[..." deeper than Python's recursion limit
+                yield _RawRow(location, index, None, preview, RowError("malformed_json", "malformed JSON: nested too deeply"))
+                continue
+            if _has_lone_surrogate(record):  # found by fuzzing: "\ud800" escapes decode to text UTF-8 cannot hold
+                yield _RawRow(location, index, None, preview, RowError("invalid_utf8", "a \\u escape encodes a lone surrogate"))
+                continue
             if not isinstance(record, dict):
                 yield _RawRow(location, index, None, preview, RowError("not_an_object", f"a JSON {type(record).__name__}, not an object"))
                 continue
             yield _RawRow(location, index, record, preview)
+
+
+def _has_lone_surrogate(value) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _table_rows(table, name: str, start: int, spec: SourceSpec) -> Iterator[_RawRow]:
