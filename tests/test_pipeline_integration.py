@@ -120,12 +120,16 @@ def test_checkpoints_load_and_benchmark_reports_every_policy(materialized):
 
 
 def test_rematerializing_gives_identical_data_versions(materialized, tmp_path):
-    """Deterministic CPU steps: a second run of the data and selection assets reproduces their content hashes."""
+    """Deterministic CPU steps: a second run of the data, rollout, gradient and selection assets (same config and
+    seed) reproduces their content hashes, so the selected subset is identical."""
     _, events, instance = materialized
     from learnalign_pipeline.definitions import defs
 
     definitions = defs()
-    selection = ["benchmark_problems", "raw_problems", "learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset"]
+    selection = [
+        "benchmark_problems", "raw_problems", "rollouts", "success_rates", "projected_gradients",
+        "learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset",
+    ]
     job = definitions.resolve_job_def("learnalign_job")
     result = job.execute_in_process(run_config=SMOKE, instance=instance, asset_selection=[dg.AssetKey(k) for k in selection])
     assert result.success

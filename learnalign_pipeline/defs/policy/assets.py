@@ -86,7 +86,7 @@ class WarmupConfig(GRPOStageConfig):
     problems_per_step: int = Field(default=16, description="problems per step")
 
 
-@dg.asset(group_name="policy", code_version="2", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="3", **gpu_step("transformers"))
 def warmup_policy(
     context: dg.AssetExecutionContext,
     config: WarmupConfig,

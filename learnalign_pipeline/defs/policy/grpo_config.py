@@ -27,6 +27,11 @@ class GRPOStageConfig(dg.Config):
     on_nonfinite: Literal["fail", "exclude"] = Field(
         default="fail", description="NaN/inf problem losses: fail naming them, or leave them out of the step and count them"
     )
+    checkpoint_every: int = Field(
+        default=10,
+        description="save the full training state (weights, optimizer, RNG, log) every this many steps, so a killed run "
+        "resumes from it and ends bitwise equal to an uninterrupted one; 0 disables it. Does not change the result.",
+    )
 
     def train_config(self, task: TaskSettings, loss: GRPOLoss) -> GRPOTrainConfig:
         return GRPOTrainConfig(

@@ -15,7 +15,7 @@ class TrainingConfig(GRPOStageConfig):
     """GRPO on the selected subset: 60 steps x 32 problems x 8 samples (7.5 epochs of a 256-problem subset)."""
 
 
-@dg.asset(group_name="training", code_version="2", **gpu_step("transformers"))
+@dg.asset(group_name="training", code_version="3", **gpu_step("transformers"))
 def trained_policy(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
