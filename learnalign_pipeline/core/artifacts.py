@@ -111,6 +111,10 @@ def publish_directory(staging: Path, final: Path) -> Path:
     If `final` already exists it holds identical content (same digest), so the staging copy is discarded.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    for path in Path(staging).rglob("*"):  # contents on disk before the rename makes them visible
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     try:
         os.rename(staging, final)
     except OSError:
