@@ -76,8 +76,19 @@ class ResumeDirectory:
         self.warn = warn  # warn(message): hears of states that were skipped
         self.resumed_from_step = 0  # set by `latest()`: the step of the state it returned
 
-    def save(self, step: int, model, optimizer: torch.optim.Optimizer, history: list[dict]) -> Path:
+    def save(self, step: int, model, optimizer: torch.optim.Optimizer, history: list[dict]) -> Path | None:
+        """Publish the state after `step` steps; None (with a warning) when it could not be written, e.g. because
+        a concurrent run of the same stage finished and cleared the directory. Training goes on either way."""
         scratch = self.path / f".{STEP_PREFIX}{step:06d}.{uuid.uuid4().hex}.tmp"
+        try:
+            return self._save(scratch, step, model, optimizer, history)
+        except Exception as error:  # noqa: BLE001 - a state is an optimization; failing to save it must not fail training
+            shutil.rmtree(scratch, ignore_errors=True)
+            if self.warn:
+                self.warn(f"could not save the training state after step {step} in {self.path}: {type(error).__name__}: {error}")
+            return None
+
+    def _save(self, scratch: Path, step: int, model, optimizer: torch.optim.Optimizer, history: list[dict]) -> Path:
         scratch.mkdir(parents=True)
         model.save_pretrained(scratch / "model", safe_serialization=True)
         tensors, meta = _optimizer_to_files(optimizer.state_dict())
@@ -100,9 +111,10 @@ class ResumeDirectory:
         return final
 
     def _steps(self) -> list[Path]:
-        if not self.path.is_dir():
+        try:
+            return sorted(p for p in self.path.iterdir() if p.name.startswith(STEP_PREFIX) and p.is_dir())
+        except (FileNotFoundError, NotADirectoryError):  # nothing saved yet, or a concurrent run of the stage finished and cleared it
             return []
-        return sorted(p for p in self.path.iterdir() if p.name.startswith(STEP_PREFIX) and p.is_dir())
 
     def latest(self) -> TrainingState | None:
         """The newest state whose files match their recorded digests; None when there is none."""

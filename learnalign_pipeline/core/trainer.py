@@ -180,7 +180,7 @@ def supervised_pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        record = {"step": step, "loss": float(out.loss), "lr": schedule.get_last_lr()[0]}
+        record = {"step": step, "loss": float(out.loss.detach()), "lr": schedule.get_last_lr()[0]}
         history.append(record)
         if log and (step % 50 == 0 or step == config.steps - 1):
             log(record)
