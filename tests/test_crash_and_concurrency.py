@@ -1,6 +1,6 @@
-"""Real processes against a real on-disk Dagster instance: a GRPO stage killed with SIGKILL mid-training resumes
-from its last training state and publishes the same bytes as an uninterrupted run; two runs materializing the
-same assets at once both succeed, and every artifact they recorded exists and verifies."""
+"""Real processes against a real on-disk Dagster instance: two runs materializing the same assets (GRPO training
+included) at once both succeed and every artifact they recorded exists and verifies; a GRPO stage killed with
+SIGKILL mid-training resumes from its last training state and publishes the same bytes as an uninterrupted run."""
 
 import copy
 import json
@@ -82,22 +82,56 @@ def _instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home / "dagster_home"))
 
 
-def test_sigkilled_training_resumes_from_its_last_state_and_ends_bitwise_equal(tmp_path):
-    home = tmp_path / "home"
+CHAIN = [*DATA, "pretrained_policy", "warmup_policy"]
+# Pre-trained just enough that some rollouts earn reward: GRPO then has gradients and the weights move.
+CONFIG = _run_config(pretrain_steps=60, pretrain_lr=8e-3, warmup_steps=9, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def two_concurrent_runs(tmp_path_factory):
+    """Two processes materializing the same chain (data, pre-training, warm-up GRPO with training states) at
+    once against one instance and artifact root."""
+    home = tmp_path_factory.mktemp("concurrent") / "home"
     env = _environment(home)
-    # Pre-trained just enough that some rollouts earn reward: GRPO then has gradients and the weights move.
-    config = _run_config(pretrain_steps=60, pretrain_lr=8e-3, warmup_steps=9, checkpoint_every=3)
-    first = _materialize(env, config, [*DATA, "pretrained_policy", "warmup_policy"])
-    uninterrupted = first["warmup_policy"]
-    assert uninterrupted["resumed_from_step"] == 0
-    start_weights = load_file(Path(first["pretrained_policy"]["path"]) / "model.safetensors")
+    _instance(home).dispose()  # create the storage once, before two processes open it
+    runs = [subprocess.Popen(_command(CONFIG, CHAIN), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=420) for run in runs]
+    for run, (_, stderr) in zip(runs, outputs):
+        assert run.returncode == 0, stderr[-3000:]
+    return home, env, [_records(stdout) for stdout, _ in outputs]
+
+
+def test_two_runs_materializing_the_same_assets_at_once_both_succeed(two_concurrent_runs):
+    home, _, records = two_concurrent_runs
+    run_ids = {r["pretrained_policy"]["run_id"] for r in records}
+    assert len(run_ids) == 2
+    for per_run in records:
+        assert set(per_run) == set(CHAIN)
+        for name, record in per_run.items():
+            assert read_artifact(Path(record["path"]), record["sha256"]) is not None, name  # exists and verifies
+    for name in CHAIN:  # deterministic steps: both runs recorded the same content (one may have resumed the other's state)
+        assert records[0][name]["sha256"] == records[1][name]["sha256"], name
+    with _instance(home) as instance:
+        for name in CHAIN:
+            events = instance.fetch_materializations(dg.AssetKey(name), limit=10).records
+            assert {e.event_log_entry.run_id for e in events} == run_ids, name
+        assert {r.dagster_run.status for r in instance.get_run_records()} == {dg.DagsterRunStatus.SUCCESS}
+    assert not [p for p in (home / "artifacts").rglob("*") if p.name.endswith(".tmp")]
+    scratch = home / "artifacts" / ".staging"
+    assert not scratch.exists() or not any(scratch.iterdir())
+    assert not any((home / "artifacts" / ".resume").rglob("step_*"))  # finished stages remove their training states
+
+
+def test_sigkilled_training_resumes_from_its_last_state_and_ends_bitwise_equal(two_concurrent_runs):
+    home, env, records = two_concurrent_runs
+    uninterrupted = records[0]["warmup_policy"]
+    start_weights = load_file(Path(records[0]["pretrained_policy"]["path"]) / "model.safetensors")
     trained_weights = load_file(Path(uninterrupted["path"]) / "model.safetensors")
     assert any(not torch.equal(start_weights[k], trained_weights[k]) for k in start_weights)  # training changed them
     states = home / "artifacts" / ".resume" / "warmup_policy"
-    assert not any(states.rglob("step_*"))  # a finished stage removes its training states
 
-    # Same stage again (its upstream is already materialized); kill -9 once its first training state exists.
-    killed = subprocess.Popen(_command(config, ["warmup_policy"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The same stage again (its upstream is materialized); kill -9 once its first training state exists.
+    killed = subprocess.Popen(_command(CONFIG, ["warmup_policy"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not any(states.glob("*/step_*")):
         assert killed.poll() is None, "the run ended before it saved a training state"
@@ -111,41 +145,11 @@ def test_sigkilled_training_resumes_from_its_last_state_and_ends_bitwise_equal(t
     # Weights, optimizer and RNG states are safetensors, the rest JSON/Parquet: nothing here is a pickle.
     assert any(states.rglob("optimizer.safetensors")) and not _pickled_files(home / "artifacts")
     with _instance(home) as instance:
-        assert len(instance.fetch_materializations(dg.AssetKey("warmup_policy"), limit=10).records) == 1  # killed: none recorded
+        assert len(instance.fetch_materializations(dg.AssetKey("warmup_policy"), limit=10).records) == 2  # the killed run recorded none
 
-    resumed = _materialize(env, config, ["warmup_policy"])["warmup_policy"]
+    resumed = _materialize(env, CONFIG, ["warmup_policy"])["warmup_policy"]
     assert resumed["resumed_from_step"] == saved[-1]
     assert resumed["sha256"] == uninterrupted["sha256"] and resumed["path"] == uninterrupted["path"]  # bitwise equal
     assert read_artifact(Path(resumed["path"]), resumed["sha256"]) is not None
     assert not any(states.rglob("step_*"))
     assert not _pickled_files(home / "artifacts")
-
-
-def test_two_runs_materializing_the_same_assets_at_once_both_succeed(tmp_path):
-    home = tmp_path / "home"
-    env = _environment(home)
-    _instance(home).dispose()  # create the storage once, before two processes open it
-    assets = [*DATA, "pretrained_policy"]
-    config = _run_config(pretrain_steps=5)
-    runs = [subprocess.Popen(_command(config, assets), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [run.communicate(timeout=420) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs):
-        assert run.returncode == 0, stderr[-3000:]
-    records = [_records(stdout) for stdout, _ in outputs]
-    run_ids = {r["pretrained_policy"]["run_id"] for r in records}
-    assert len(run_ids) == 2
-    for per_run in records:
-        assert set(per_run) == set(assets)
-        for name, record in per_run.items():
-            assert read_artifact(Path(record["path"]), record["sha256"]) is not None, name  # exists and verifies
-    for name in assets:  # deterministic steps: both runs recorded the same content
-        assert records[0][name]["sha256"] == records[1][name]["sha256"], name
-    with _instance(home) as instance:
-        for name in assets:
-            events = instance.fetch_materializations(dg.AssetKey(name), limit=10).records
-            assert {e.event_log_entry.run_id for e in events} == run_ids, name
-        assert {r.dagster_run.status for r in instance.get_run_records()} == {dg.DagsterRunStatus.SUCCESS}
-    leftovers = [p for p in (home / "artifacts").rglob("*") if p.name.endswith(".tmp")]
-    assert not leftovers
-    scratch = home / "artifacts" / ".staging"
-    assert not scratch.exists() or not any(scratch.iterdir())
