@@ -43,7 +43,7 @@ def resume_key(**inputs) -> str:
 class TrainingState:
     step: int  # steps finished; training continues with step index `step`
     history: list[dict]
-    model_dir: Path
+    weights: dict[str, torch.Tensor]  # model state_dict, read into memory so a concurrent clean-up cannot pull it away
     optimizer: dict  # torch optimizer state_dict
     rng: torch.Tensor  # torch.get_rng_state()
 
@@ -116,38 +116,39 @@ class ResumeDirectory:
         except (FileNotFoundError, NotADirectoryError):  # nothing saved yet, or a concurrent run of the stage finished and cleared it
             return []
 
-    def latest(self) -> TrainingState | None:
-        """The newest state whose files match their recorded digests; None when there is none."""
+    def latest(self, dtype: torch.dtype = torch.float32) -> TrainingState | None:
+        """The newest state whose files match their recorded digests, read into memory (weights in `dtype`); None
+        when there is none."""
         for path in reversed(self._steps()):
             try:
-                state = _load(path)
+                state = _load(path, dtype)
                 self.resumed_from_step = state.step
                 return state
-            except (OSError, ValueError, KeyError) as error:  # deleted meanwhile, truncated, tampered
+            except Exception as error:  # noqa: BLE001 - deleted meanwhile, truncated, tampered: start from an older one
                 if self.warn:
-                    self.warn(f"skipping training state {path}: {error}")
+                    self.warn(f"skipping training state {path}: {type(error).__name__}: {error}")
         return None
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _load(path: Path) -> TrainingState:
+def _load(path: Path, dtype: torch.dtype) -> TrainingState:
+    from transformers import AutoModelForCausalLM
+
     record = json.loads((path / STATE_FILE).read_text())
     for name, digest in record["files"].items():
         if sha256_file(path / name) != digest:
             raise ValueError(f"{path / name} does not match the digest recorded in {STATE_FILE}")
     optimizer = _optimizer_from_files(safetensors.torch.load_file(path / "optimizer.safetensors"), record["optimizer"])
     rng = safetensors.torch.load_file(path / "rng.safetensors")["cpu"]
-    return TrainingState(step=record["step"], history=record["history"], model_dir=path / "model", optimizer=optimizer, rng=rng)
+    weights = AutoModelForCausalLM.from_pretrained(path / "model", dtype=dtype, use_safetensors=True).state_dict()
+    return TrainingState(step=record["step"], history=record["history"], weights=weights, optimizer=optimizer, rng=rng)
 
 
 def restore(state: TrainingState, model, optimizer: torch.optim.Optimizer) -> None:
     """Put `state` into `model` and `optimizer` in place (the optimizer keeps pointing at the model's tensors)."""
-    from transformers import AutoModelForCausalLM
-
-    saved = AutoModelForCausalLM.from_pretrained(state.model_dir, dtype=model.dtype, use_safetensors=True)
     with torch.no_grad():
-        model.load_state_dict(saved.state_dict())
+        model.load_state_dict(state.weights)
     optimizer.load_state_dict(state.optimizer)
     torch.set_rng_state(state.rng)

@@ -76,7 +76,7 @@ def train_grpo(
     batch_size = min(config.problems_per_step, problems.height)
     history: list[dict] = []
     first_step = 0
-    state = resume.latest() if resume is not None else None
+    state = resume.latest(model.dtype) if resume is not None else None
     if state is not None:
         restore(state, model, optimizer)
         history, first_step = list(state.history), state.step
