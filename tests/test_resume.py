@@ -120,6 +120,6 @@ def test_a_state_that_cannot_be_written_does_not_stop_training(start, tokenizer,
     (tmp_path / "blocked").write_text("a file where the resume directory's parent should be")
     warnings = []
     resume = ResumeDirectory(tmp_path / "blocked" / "resume", warn=warnings.append)
-    trained, _ = _train(start, tokenizer, problems, resume=resume, checkpoint_every=1)
-    assert len(warnings) == CONFIG.steps - 1 and "could not save the training state after step 1" in warnings[0]
+    trained, _ = _train(start, tokenizer, problems, resume=resume, checkpoint_every=2)
+    assert len(warnings) == 1 and "could not save the training state after step 2" in warnings[0]
     assert _same_weights(trained, uninterrupted[0])
