@@ -34,7 +34,8 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         raise RuntimeError(f"LEARNALIGN_REQUIRE_BROWSER is set but {CHROMIUM} / {CHROMEDRIVER} are missing (apt-get install chromium chromium-driver)")
     pytest.skip(f"no Chromium at {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver); set LEARNALIGN_REQUIRE_BROWSER=1 to fail instead", allow_module_level=True)
 
-selenium = pytest.importorskip("selenium") if not os.environ.get("LEARNALIGN_REQUIRE_BROWSER") else __import__("selenium")
+if not os.environ.get("LEARNALIGN_REQUIRE_BROWSER"):
+    pytest.importorskip("selenium", reason="selenium (the test extra) is not installed")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402

@@ -3,8 +3,9 @@
 - The re-selection path (groups `data`, `policy`, `selection`) re-runs as soon as a parent's *data version*
   changes or its own code version does. Deterministic steps return content-hash data versions, so an input that
   was recomputed to the same bytes triggers nothing.
-- Everything else (`training`, `evaluation` and any group added later: GPU training and benchmarks) waits for a
-  cron tick and then runs once if an input changed since it last ran. Tag an asset
+- Everything else (`training`, `evaluation` and any group added later: GPU training and benchmarks) runs the same
+  way but only inside a nightly window (02:00-06:00 UTC by default), so a day's dataset edits cost one training
+  run, and the benchmark follows the training in the same window. Tag an asset
   `learnalign/automation=manual` to leave it to people and schedules.
 """
 
@@ -14,8 +15,9 @@ import dagster as dg
 
 RESELECTION_GROUPS = frozenset({"data", "policy", "selection"})
 MANUAL_TAG = "learnalign/automation"
-# When gated GPU steps may start (UTC); override per deployment.
+# The window in which gated GPU steps may start (UTC): it opens on the first cron's tick and closes on the second's.
 GATED_CRON = os.environ.get("LEARNALIGN_GATED_CRON", "0 2 * * *")
+GATED_CLOSE_CRON = os.environ.get("LEARNALIGN_GATED_CLOSE_CRON", "0 6 * * *")
 
 AC = dg.AutomationCondition
 
@@ -30,10 +32,11 @@ READY = ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()
 RESELECT = (AC.in_latest_time_window() & CHANGED & READY).with_label("reselect_on_change")
 
 
-def gated(cron: str = GATED_CRON) -> dg.AutomationCondition:
-    """Like RESELECT, but starts only on the first evaluation after a `cron` tick. The pending part comes first
-    in the conjunction so it sees every tick; the cron operand only says "now"."""
-    return (CHANGED & READY & AC.cron_tick_passed(cron)).with_label(f"changed_then_cron({cron})")
+def gated(open_cron: str = GATED_CRON, close_cron: str = GATED_CLOSE_CRON) -> dg.AutomationCondition:
+    """Like RESELECT, but only between a tick of `open_cron` and the next tick of `close_cron`. (Since-conditions
+    evaluate their operands on every tick whatever comes before them in a conjunction, so no change is missed.)"""
+    window = AC.cron_tick_passed(open_cron).since(AC.cron_tick_passed(close_cron))
+    return (CHANGED & READY & window).with_label(f"changed_in_window({open_cron} .. {close_cron})")
 
 
 def condition_for(spec: dg.AssetSpec) -> dg.AutomationCondition | None:
