@@ -149,7 +149,7 @@ def _matches(shown: str, key: str) -> bool:
     return key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail)
 
 
-def test_the_asset_graph_shows_every_stage_and_edge(server, browser):
+def test_the_asset_graph_shows_every_stage_and_edge(server, browser, tmp_path):
     url, keys, edges, _ = server
     _open(browser, f"{url}/asset-groups", "//*[contains(@class, 'GroupNode') or contains(@class, 'AssetNode_assetName')]")
     ActionChains(browser).key_down(Keys.ALT).send_keys("e").key_up(Keys.ALT).perform()  # the UI's "Expand all groups"
@@ -175,7 +175,7 @@ def test_the_asset_graph_shows_every_stage_and_edge(server, browser):
     assert served_edges == edges
     assert ("pool_dataset", "raw_problems") in served_edges and ("alignment_scores", "selected_subset") in served_edges
 
-    path = Path(tempfile.gettempdir()) / "learnalign-lineage.png"
+    path = tmp_path / "lineage.png"
     assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
     if os.environ.get("LEARNALIGN_SCREENSHOT"):
         shutil.copyfile(path, os.environ["LEARNALIGN_SCREENSHOT"])
