@@ -75,8 +75,7 @@ def loop(files, tmp_path):
     with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
         pool, test = files
         loop = Loop(defs(), instance, DatasetFiles(pool_path=str(pool), benchmark_path=str(test)))
-        loop.observe()
-        loop.run(DATA)
+        loop.run(["pool_dataset", "benchmark_dataset", *DATA])  # the job observes the sources, then loads
         assert loop.tick() == set()  # baseline tick
         yield loop
 
