@@ -12,12 +12,12 @@ from learnalign_pipeline.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [
-    "benchmark_problems", "raw_problems", "pretrained_policy", "warmup_policy", "rollouts", "success_rates",
+    "pool_dataset", "benchmark_dataset", "benchmark_problems", "raw_problems", "pretrained_policy", "warmup_policy", "rollouts", "success_rates",
     "projected_gradients", "learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset",
     "trained_policy", "benchmark_results",
 ]
 EDGES = [
-    ("benchmark_problems", "raw_problems"), ("raw_problems", "warmup_policy"), ("pretrained_policy", "warmup_policy"),
+    ("pool_dataset", "raw_problems"), ("benchmark_dataset", "benchmark_problems"), ("benchmark_problems", "raw_problems"), ("raw_problems", "warmup_policy"), ("pretrained_policy", "warmup_policy"),
     ("warmup_policy", "rollouts"), ("warmup_policy", "success_rates"), ("rollouts", "projected_gradients"),
     ("success_rates", "projected_gradients"), ("success_rates", "learnability_scores"),
     ("learnability_scores", "alignment_scores"), ("projected_gradients", "alignment_scores"),
@@ -36,9 +36,10 @@ def test_every_stage_and_edge_is_defined():
 
 def test_every_asset_is_versioned_and_heavy_steps_are_gpu_tagged():
     graph = defs().resolve_asset_graph()
-    for key in graph.get_all_asset_keys():
+    for key in graph.materializable_asset_keys:  # observable sources have none: their observation is the version
         node = graph.get(key)
         assert node.code_version, f"{key.to_user_string()} has no code_version"
+    assert {k.to_user_string() for k in graph.observable_asset_keys} == {"pool_dataset", "benchmark_dataset"}
     for heavy in ["pretrained_policy", "warmup_policy", "rollouts", "projected_gradients", "trained_policy", "benchmark_results"]:
         node = graph.get(dg.AssetKey(heavy))
         assert node.pools == {"gpu"}, heavy

@@ -1,7 +1,8 @@
 """The problems: a held-out benchmark split and the candidate pool that selection chooses from.
 
-Each comes from the embedded arithmetic generator (the default) or a user's file (JSONL, Parquet, CSV or an HF
-`save_to_disk` directory; see `core.loaders`). Rows a file load rejects go to `rejected_problems` with their
+Each comes from the embedded arithmetic generator or a user's file (JSONL, Parquet, CSV or an HF `save_to_disk`
+directory; see `core.loaders`). By default (`source="datasets"`) the file is the one the `datasets` resource names
+and the observable sources in `sources.py` watch, so an edit to it re-runs these assets by automation. Rows a file load rejects go to `rejected_problems` with their
 location and reason; `checks.py` fails the run when too many were rejected.
 """
 
@@ -15,12 +16,16 @@ from ...core.arithmetic import arithmetic_frame
 from ...core.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceSpec, load_problems
 from ..metadata import markdown_table, problem_summary
 from ..versioning import versioned
+from .sources import DatasetFiles, benchmark_dataset, pool_dataset
 
 
 class ProblemSourceConfig(dg.Config):
-    """Where a split's problems come from. `source="arithmetic"` generates them; `source="file"` loads `path`."""
+    """Where a split's problems come from. `source="datasets"` loads the file the `datasets` resource names (the
+    watched one; the embedded generator when it names none), `"arithmetic"` generates them, `"file"` loads `path`."""
 
-    source: Literal["arithmetic", "file"] = Field(default="arithmetic", description="embedded generator or a file")
+    source: Literal["datasets", "arithmetic", "file"] = Field(
+        default="datasets", description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`"
+    )
     path: str = Field(default="", description="file source: local path or fsspec URL (.jsonl, .parquet, .csv, save_to_disk dir)")
     format: Literal["gsm8k", "math", "generic"] = Field(default="gsm8k", description="file source: column layout")
     prompt_column: str | None = Field(default=None, description="generic format: column holding the question")
@@ -31,11 +36,17 @@ class ProblemSourceConfig(dg.Config):
     max_row_chars: int = Field(default=20_000, description="rows longer than this are rejected as oversized")
     max_rejected_share: float = Field(default=0.05, description="the blocking check fails above this share of rows rejected")
 
-    def spec(self, split: str) -> SourceSpec:
-        if not self.path:
-            raise ValueError("source='file' needs a path")
+    def file_path(self, split: str, datasets: DatasetFiles) -> str:
+        """The file this split loads, or "" for the embedded generator."""
+        if self.source == "file":
+            if not self.path:
+                raise ValueError("source='file' needs a path")
+            return self.path
+        return datasets.path_for(split) if self.source == "datasets" else ""
+
+    def spec(self, split: str, path: str) -> SourceSpec:
         return SourceSpec(
-            path=self.path, format=self.format, split=split, prompt_column=self.prompt_column, answer_column=self.answer_column,
+            path=path, format=self.format, split=split, prompt_column=self.prompt_column, answer_column=self.answer_column,
             solution_column=self.solution_column, category_column=self.category_column, numeric_gold=self.numeric_gold,
             max_row_chars=self.max_row_chars,
         )
@@ -55,16 +66,17 @@ class PoolConfig(ProblemSourceConfig):
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
 
 
-def _load(config: ProblemSourceConfig, split: str, exclude_ids: frozenset[str]) -> LoadResult:
+def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclude_ids: frozenset[str]) -> LoadResult:
     """Load or generate one split; generated splits report repeats and overlap as duplicates too."""
-    if config.source == "file":
-        return load_problems(config.spec(split), exclude_ids)
+    path = config.file_path(split, datasets)
+    if path:
+        return load_problems(config.spec(split, path), exclude_ids)
     frame = arithmetic_frame(config.num_problems, config.seed, split=split, exclude_ids=exclude_ids)
     report = LoadReport(config.num_problems, frame.height, 0, config.num_problems - frame.height)
     return LoadResult(frame, pl.DataFrame(schema=REJECTED_SCHEMA), pl.DataFrame(schema=DUPLICATE_SCHEMA), report)
 
 
-def _load_metadata(result: LoadResult, config: ProblemSourceConfig) -> dict:
+def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -> dict:
     report = result.report
     rejected_share = report.rejected / report.rows_read if report.rows_read else 0.0
     reasons = result.rejected.group_by("kind").len().sort("kind")
@@ -72,7 +84,7 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig) -> dict:
         **report.as_dict(),
         "rejected_share": rejected_share,
         "max_rejected_share": config.max_rejected_share,
-        "source": config.path if config.source == "file" else "arithmetic",
+        "source": path or "arithmetic",
         "rejected_by_kind": dg.MetadataValue.json(dict(zip(reasons["kind"].to_list(), reasons["len"].to_list()))),
         "duplicates_preview": dg.MetadataValue.md(markdown_table(result.duplicates, max_rows=5)),
     }
@@ -80,31 +92,38 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig) -> dict:
 
 @dg.multi_asset(
     outs={
-        "benchmark_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
-        "benchmark_rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
+        "benchmark_problems": dg.AssetOut(is_required=False, group_name="data", code_version="3", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
+        "benchmark_rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
     },
+    deps=[benchmark_dataset],
     can_subset=True,  # either table can be rematerialized alone; loading is cheap and deterministic
 )
-def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig):
-    result = _load(config, "test", frozenset())
+def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig, datasets: DatasetFiles):
+    path = config.file_path("test", datasets)
+    result = _load(config, datasets, "test", frozenset())
     if "benchmark_problems" in context.selected_output_names:
-        yield versioned(result.problems, output_name="benchmark_problems", **_load_metadata(result, config), **problem_summary(result.problems))
+        yield versioned(result.problems, output_name="benchmark_problems", **_load_metadata(result, config, path), **problem_summary(result.problems))
     if "benchmark_rejected_problems" in context.selected_output_names:
         yield versioned(result.rejected, output_name="benchmark_rejected_problems", num_rows=result.rejected.height)
 
 
 @dg.multi_asset(
     outs={
-        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
-        "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
+        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="3", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
+        "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
     },
+    deps=[pool_dataset],
     can_subset=True,
 )
-def raw_problems(context: dg.AssetExecutionContext, config: PoolConfig, benchmark_problems: pl.DataFrame, benchmark_rejected_problems: pl.DataFrame):
-    result = _load(config, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
+def raw_problems(
+    context: dg.AssetExecutionContext, config: PoolConfig, datasets: DatasetFiles, benchmark_problems: pl.DataFrame,
+    benchmark_rejected_problems: pl.DataFrame,
+):
+    path = config.file_path("pool", datasets)
+    result = _load(config, datasets, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
     if "raw_problems" in context.selected_output_names:
-        yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config), **problem_summary(result.problems))
+        yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config, path), **problem_summary(result.problems))
     if "rejected_problems" in context.selected_output_names:
         yield versioned(
             rejected, output_name="rejected_problems", num_rows=rejected.height,

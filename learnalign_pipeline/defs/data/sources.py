@@ -1,0 +1,82 @@
+"""The raw dataset files as observable source assets: the start of the daily loop.
+
+Each observation records the dataset's content fingerprint as its data version (`core.fingerprint`: the file's
+bytes, or a directory's sorted relative paths and bytes). Declarative automation compares it with the version the
+problem table was built from, so an edited file re-runs exactly what depends on it and an unchanged one runs
+nothing. The observations run on a cron through the automation sensor (`defs/automation`).
+
+Which files are watched is the `datasets` resource's business, not per-run config: runs the automation sensor
+launches carry no run config, so the location must be part of the code location (env `LEARNALIGN_POOL_PATH` /
+`LEARNALIGN_BENCHMARK_PATH`). With no file configured the splits come from the embedded arithmetic generator;
+the observed version is then the sha256 of the generator's source code (`core/arithmetic.py`), the only thing
+outside run config that can change its output.
+"""
+
+import hashlib
+import inspect
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from ...core import arithmetic
+from ...core.fingerprint import fingerprint
+
+# How often the dataset files are re-hashed (cheap next to everything they feed); override per deployment.
+OBSERVE_CRON = os.environ.get("LEARNALIGN_OBSERVE_CRON", "*/15 * * * *")
+
+
+class DatasetFiles(dg.ConfigurableResource):
+    """The dataset files the problem splits read when their config has `source="datasets"` (the default).
+    An empty path means the embedded arithmetic generator."""
+
+    pool_path: str = Field(default="", description="candidate pool: local path or fsspec URL; empty = embedded generator")
+    benchmark_path: str = Field(default="", description="held-out split: local path or fsspec URL; empty = embedded generator")
+
+    def path_for(self, split: str) -> str:
+        return {"pool": self.pool_path, "test": self.benchmark_path}[split]
+
+
+def generator_version() -> str:
+    """The embedded generator's observed version: the sha256 of its source code."""
+    return hashlib.sha256(inspect.getsource(arithmetic).encode()).hexdigest()
+
+
+def observe_split(datasets: DatasetFiles, split: str) -> dg.ObserveResult:
+    path = datasets.path_for(split)
+    if not path:
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(generator_version()),
+            metadata={"source": "embedded arithmetic generator", "fingerprint": "sha256 of core/arithmetic.py"},
+        )
+    found = fingerprint(path)
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(found.sha256),
+        metadata={"source": dg.MetadataValue.path(path), "files": found.files, "bytes": found.bytes, "sha256": found.sha256},
+    )
+
+
+def _observable_split(name: str, split: str, description: str):
+    @dg.observable_source_asset(
+        name=name, group_name="data", description=description,
+        automation_condition=dg.AutomationCondition.on_cron(OBSERVE_CRON),
+    )
+    def observe(datasets: DatasetFiles) -> dg.ObserveResult:
+        return observe_split(datasets, split)
+
+    return observe
+
+
+pool_dataset = _observable_split("pool_dataset", "pool", "The pool's raw file(s); data version = content fingerprint.")
+benchmark_dataset = _observable_split("benchmark_dataset", "test", "The benchmark's raw file(s); data version = content fingerprint.")
+
+
+@dg.definitions
+def dataset_resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "datasets": DatasetFiles(
+                pool_path=os.environ.get("LEARNALIGN_POOL_PATH", ""), benchmark_path=os.environ.get("LEARNALIGN_BENCHMARK_PATH", "")
+            )
+        }
+    )
