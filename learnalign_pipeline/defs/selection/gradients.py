@@ -178,12 +178,13 @@ def collect_gradients(
     )
 
 
-def _op_config(config: GradientConfig) -> dict:
-    values = config.model_dump()
+def _op_config(values: dict) -> dict:
+    """The stage's one config (run config `ops: {<asset>: {config: ...}}`), handed to each of its steps."""
+    values = GradientConfig(**values).model_dump()
     return {op: {"config": values} for op in ("plan_gradient_shards", "gradient_shard", "collect_gradients")}
 
 
-@dg.graph_asset(group_name="selection", code_version="2", config=dg.ConfigMapping(config_fn=_op_config), **gpu_asset())
+@dg.graph_asset(group_name="selection", code_version="2", config=dg.ConfigMapping(config_fn=_op_config, config_schema=GradientConfig.to_config_schema()), **gpu_asset())
 def projected_gradients(raw_problems, rollouts, success_rates, warmup_policy, pretrained_policy):
     """Unit-norm projected gradient of each problem's GRPO loss (float16) and its norm; rows follow
     `success_rates`. Problems with p in {0, 1} have zero advantage: no backward pass, a zero row."""

@@ -143,8 +143,9 @@ def collect_rollouts(
     )
 
 
-def _op_config(config: RolloutConfig) -> dict:
-    values = config.model_dump()
+def _op_config(values: dict) -> dict:
+    """The stage's one config (run config `ops: {<asset>: {config: ...}}`), handed to each of its steps."""
+    values = RolloutConfig(**values).model_dump()
     return {op: {"config": values} for op in ("plan_rollout_shards", "rollout_shard", "collect_rollouts")}
 
 
@@ -158,7 +159,7 @@ def _op_config(config: RolloutConfig) -> dict:
             code_version="2", description="Per problem: samples, successes and success rate p.", **gpu_asset("transformers")
         ),
     },
-    config=dg.ConfigMapping(config_fn=_op_config),
+    config=dg.ConfigMapping(config_fn=_op_config, config_schema=RolloutConfig.to_config_schema()),
 )
 def rollouts_and_success_rates(raw_problems, warmup_policy):
     manifests = plan_rollout_shards(raw_problems).map(lambda shard: rollout_shard(raw_problems, warmup_policy, shard))
