@@ -60,13 +60,15 @@ def content_batches(keys: Sequence[str], expected_size: int, max_size: int | Non
     """Group rows into batches whose membership depends only on the rows' keys (content-defined chunking).
 
     Rows are ordered by key; a row whose key satisfies `key mod expected_size == 0` (an independent part of the
-    hash) opens a new batch, and a batch also closes at `max_size` rows. Adding or removing a problem therefore
-    changes only the batch it falls into; every other batch keeps exactly its members. Returns lists of indices
+    hash) opens a new batch, so batch sizes are geometric with mean `expected_size`. Adding or removing a problem
+    therefore changes only the batch it falls into; every other batch keeps exactly its members. A batch also
+    closes at `max_size` rows (bounding memory); an edit inside such a rare long run (probability
+    (1 - 1/expected_size)^max_size per batch) also shifts the later pieces of that run. Returns lists of indices
     into `keys`, batches in key order.
     """
     if expected_size < 1:
         raise ValueError("expected_size must be >= 1")
-    max_size = max_size or 4 * expected_size
+    max_size = max_size or 8 * expected_size
     order = sorted(range(len(keys)), key=lambda i: keys[i])
     batches: list[list[int]] = []
     for i in order:

@@ -46,7 +46,7 @@ class GradientConfig(dg.Config):
     last_blocks: int = Field(default=1, description="with scope=last_blocks: how many final blocks")
     seed: int = Field(default=0, description="projection seed")
     problems_per_batch: int = Field(
-        default=4, description="expected problems per batched forward/backward (content-defined batches; at most 4x this)"
+        default=4, description="expected problems per batched forward/backward (content-defined batches; at most 8x this)"
     )
     num_shards: int = Field(default=4, description="shards (executor steps) the batches are spread over")
     on_nonfinite: Literal["fail", "exclude"] = Field(
