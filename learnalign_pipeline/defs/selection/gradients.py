@@ -152,7 +152,7 @@ def collect_gradients(
             "width": str(int(features.shape[1])),
             "seed": str(config.seed),
             "scope": config.scope if config.scope != "last_blocks" else f"last_blocks:{config.last_blocks}",
-            "config": config.model_dump_json(),
+            "config": config.model_dump_json(exclude={"num_shards"}),  # the shard count never changes the features
             "policy": warmup_policy.path.name,
             "reference_policy": pretrained_policy.path.name,
         },
