@@ -103,7 +103,7 @@ def main() -> None:
     taken = frozenset(pool["problem_id"].to_list() + benchmark["problem_id"].to_list())
     wanted = round(args.added * pool.height)
     added = arithmetic_frame(4 * wanted, seed=1234, split="pool", exclude_ids=taken).head(wanted)
-    grown = pl.concat([pool, added])
+    grown = pl.concat([pool, added.select(pool.columns)], how="vertical_relaxed")  # an older run may lack newer columns
     warmup, pretrained = newest(args.artifacts, "warmup_policy"), newest(args.artifacts, "pretrained_policy")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pool {pool.height}, added {added.height}")
     with tempfile.TemporaryDirectory() as warm_dir, tempfile.TemporaryDirectory() as cold_dir:
