@@ -35,6 +35,7 @@ from learnalign_pipeline.core.row_cache import RowCache
 from learnalign_pipeline.core.scoring import learnability, learnalign_scores, top_n, unit_rows
 from learnalign_pipeline.defs.resources import GRPOLoss, TaskSettings
 from learnalign_pipeline.defs.selection.gradients import GradientConfig
+from learnalign_pipeline.defs.sharding import NUM_SHARDS
 from learnalign_pipeline.defs.selection.rollouts import RolloutConfig
 from learnalign_pipeline.defs.selection.scores import AlignmentConfig, SelectionConfig
 
@@ -61,7 +62,7 @@ def run(cache: RowCache, pool: pl.DataFrame, warmup: Path, pretrained: Path) -> 
     started = time.perf_counter()
     active = learnable_problems(rates).select("problem_id").join(pool, on="problem_id", how="left", maintain_order="left")
     ns = cache.namespace("gradient_features", {"policy": warmup.name, "reference": pretrained.name, "loss": dataclasses.asdict(loss), **gradient_config.model_dump()})
-    batches = plan_feature_batches(active, rollouts, ns.key, gradient_config.problems_per_batch, gradient_config.num_shards)
+    batches = plan_feature_batches(active, rollouts, ns.key, gradient_config.problems_per_batch, NUM_SHARDS)
     projector = gradient_config.projector()
 
     def load_models():

@@ -30,10 +30,10 @@ def upstream_config() -> dict:
     return {**SMOKE, "ops": {**SMOKE["ops"], "raw_problems": {"config": {"num_problems": POOL}}}}
 
 
-def stage_config(cache_root: Path, shards: int, problems_per_file: int = 64) -> dict:
+def stage_config(cache_root: Path, problems_per_file: int = 64) -> dict:
     ops = {
-        "rollouts_and_success_rates": {"config": {"num_samples": 4, "num_shards": shards, "problems_per_file": problems_per_file}},
-        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8, "num_shards": shards, "problems_per_batch": 3}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 4, "problems_per_file": problems_per_file}},
+        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8, "problems_per_batch": 3}},
     }
     return {"ops": ops, "resources": {**SMOKE["resources"], "row_cache": {"config": {"root": str(cache_root)}}}}
 
@@ -83,8 +83,8 @@ def run_stages(home: Path, run_config: dict) -> dg.DagsterInstance:
 
 @pytest.fixture(scope="module")
 def reference(home):
-    """One uninterrupted in-process run with a single shard: the versions every other run must reproduce."""
-    instance = run_stages(home, stage_config(home / "cache_reference", shards=1))
+    """One uninterrupted in-process run: the versions every other run must reproduce."""
+    instance = run_stages(home, stage_config(home / "cache_reference"))
     versions = data_versions(instance)
     assert latest_metadata(instance, "projected_gradients")["backward_problems"] > 0  # some problems were differentiated
     return versions
@@ -102,7 +102,7 @@ job.execute_in_process(run_config=json.loads(sys.argv[2]), instance=instance, as
 
 def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, reference):
     cache = home / "cache_killed"
-    run_config = stage_config(cache, shards=2, problems_per_file=2)  # 40 small files: many chances to die mid-stage
+    run_config = stage_config(cache, problems_per_file=2)  # 24 small files: many chances to die mid-stage
     child = subprocess.Popen(
         [sys.executable, "-c", STAGE_SCRIPT, str(home / "dagster_home"), json.dumps(run_config), json.dumps(STAGES)],
         env={**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
@@ -132,25 +132,40 @@ def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, referenc
     assert data_versions(instance) == reference  # bitwise the artifacts of the uninterrupted run
 
 
-def test_shards_run_as_parallel_dask_tasks_with_identical_results(home, reference, monkeypatch):
-    from dask.distributed import LocalCluster
-
-    from learnalign_pipeline.defs.selection.scale_out import sharded_stages_on_dask_job
-
-    monkeypatch.setenv("LEARNALIGN_HOME", str(home))  # the workers inherit it and build the same resources
-    run_config = stage_config(home / "cache_dask", shards=2)
+DASK_SCRIPT = """
+import json, sys
+import dagster as dg
+from dask.distributed import LocalCluster
+from learnalign_pipeline.defs.selection.scale_out import sharded_stages_on_dask_job
+if __name__ == "__main__":
+    run_config = json.loads(sys.argv[2])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
         run_config["execution"] = {"config": {"cluster": {"existing": {"address": cluster.scheduler_address}}}}
-        instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
+        instance = dg.DagsterInstance.from_config(sys.argv[1])
         result = dg.execute_job(dg.reconstructable(sharded_stages_on_dask_job), instance=instance, run_config=run_config)
-        assert result.success
-    assert data_versions(instance) == reference  # 2 shards on Dask == 1 shard in process, bit for bit
-    starts = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
-    shard_pids = {e.pid for e in starts if "_shard[" in (e.step_key or "")}
-    assert len(shard_pids) == 2 and os.getpid() not in shard_pids  # shards ran in both worker processes
+        print("RUN", result.run_id, result.success)
+"""
 
-    # A warm rerun (in process, other shard count) reads everything back from the row cache.
-    instance = run_stages(home, stage_config(home / "cache_dask", shards=3))
+
+def test_shards_run_as_parallel_dask_tasks_with_identical_results(home, reference):
+    # A separate process: its definitions (and its workers') drop the GPU pool, which dagster-dask cannot submit.
+    env = {**os.environ, "LEARNALIGN_HOME": str(home), "LEARNALIGN_GPU_POOL": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", DASK_SCRIPT, str(home / "dagster_home"), json.dumps(stage_config(home / "cache_dask"))],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    assert lines and lines[-1].endswith(" True"), done.stdout[-3000:] + done.stderr[-3000:]
+    run_id = lines[-1].split()[1]
+    instance = instance_of(home)
+    assert data_versions(instance) == reference  # Dask workers == in process, bit for bit
+    starts = [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
+    shard_steps = [e for e in starts if "_shard_" in (e.step_key or "")]
+    assert len(shard_steps) == 8  # 4 rollout and 4 gradient shards
+    assert len({e.pid for e in shard_steps}) == 2  # spread over both worker processes
+
+    # A warm rerun in process reads everything back from the row cache.
+    instance = run_stages(home, stage_config(home / "cache_dask"))
     assert data_versions(instance) == reference
     rollouts, grads = latest_metadata(instance, "rollouts"), latest_metadata(instance, "projected_gradients")
     assert rollouts["generated_problems"] == 0 and rollouts["reused_problems"] == pool_size(instance)

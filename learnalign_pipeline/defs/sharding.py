@@ -1,11 +1,14 @@
 """What sharded stages share: the row cache as a resource, and a JSON IO manager for the small values passed
 between a stage's plan, shard and collect steps (shard lists and counts; the data itself is in the row cache).
 
-Shards are dynamic outputs of one graph-backed asset, so each shard is its own executor step: the multiprocess,
-Dask or Kubernetes executors run them in parallel, while the in-process executor (`learnalign demo`, tests) runs
-them one after another, and a whole-graph run stays one run. (Static partitions were the other option; a job
-mixing partitioned and unpartitioned assets needs one run per partition key, and the unpartitioned assets run in
-each of them, so the graph would no longer be one command.)
+Each sharded asset is a graph: a plan step with one output per shard, `NUM_SHARDS` shard steps, and a collect
+step. Every shard is its own executor step, so the multiprocess, Dask or Kubernetes executors run them in
+parallel, while the in-process executor (`learnalign demo`, tests) runs them one after another, and a whole-graph
+run stays one run. The shard count is fixed in the definitions rather than dynamic (`DynamicOut`) because the
+Dask executor (dagster-dask 0.29.27) plans its steps once, before any dynamic output exists, and never runs mapped
+steps. (Static partitions were the other option; a job mixing partitioned and unpartitioned assets needs one run
+per partition key, and the unpartitioned assets run in each of them, so the graph would no longer be one command.)
+Results never depend on the shard count: shards only decide where rows are computed.
 """
 
 import json
@@ -17,6 +20,7 @@ from ..core.artifacts import atomic_write_bytes
 from ..core.row_cache import RowCache
 
 STEP_IO_MANAGER = "step_io_manager"
+NUM_SHARDS = 4  # shard steps per sharded stage; a row's shard is its content hash modulo this
 
 
 class RowCacheResource(dg.ConfigurableResource):
@@ -46,7 +50,7 @@ class JsonStepIOManager(dg.ConfigurableIOManager):
 
 
 def shard_key(shard: int) -> str:
-    return f"shard_{shard:03d}"
+    return f"shard_{shard}"
 
 
 def merge_counts(manifests: list[dict], field: str) -> dict:

@@ -1,7 +1,7 @@
 """Projected per-problem GRPO gradients of the warm-up policy (LearnAlign step 3).
 
 Sharded: learnable problems are grouped into content-defined batches (membership depends only on the problems and
-their rollouts), batches are spread over `num_shards` executor steps by their hash, each step computes the batches
+their rollouts), batches are spread over `NUM_SHARDS` executor steps by their hash, each step computes the batches
 the row cache lacks, and a collect step assembles the bundle. The features are therefore bitwise the same for any
 shard count, executor, or number of reruns, and a pool edit recomputes only the batches it touches.
 """
@@ -27,7 +27,7 @@ from ...core.projection import DenseProjector, KroneckerProjector
 from ...core.scoring import unit_rows
 from ..constants import GPU_K8S_CONFIG, GPU_POOL, gpu_asset
 from ..resources import GRPOLoss, TaskSettings
-from ..sharding import STEP_IO_MANAGER, RowCacheResource, merge_counts, shard_key
+from ..sharding import NUM_SHARDS, STEP_IO_MANAGER, RowCacheResource, merge_counts, shard_key
 from ..versioning import versioned
 
 
@@ -48,7 +48,6 @@ class GradientConfig(dg.Config):
     problems_per_batch: int = Field(
         default=4, description="expected problems per batched forward/backward (content-defined batches; at most 8x this)"
     )
-    num_shards: int = Field(default=4, description="shards (executor steps) the batches are spread over")
     on_nonfinite: Literal["fail", "exclude"] = Field(
         default="fail", description="NaN/inf features: fail naming the problems, or zero them (scored like p in {0,1}) and count them"
     )
@@ -70,7 +69,7 @@ def _namespace(config: GradientConfig, task: TaskSettings, grpo_loss: GRPOLoss, 
         "policy": policy.path.name,  # checkpoint content digests
         "reference_policy": reference.path.name if loss.beta else None,
         "loss": dataclasses.asdict(loss),
-        "projection": config.model_dump(exclude={"num_shards", "problems_per_batch", "on_nonfinite"}),
+        "projection": config.model_dump(exclude={"problems_per_batch", "on_nonfinite"}),
         "template": task.template,
         "chat": task.chat,
     }
@@ -82,20 +81,20 @@ def _plan(config, task, grpo_loss, row_cache, raw_problems, rollouts, success_ra
     cache, ns = _namespace(config, task, grpo_loss, row_cache, policy, reference)
     active = learnable_problems(success_rates).select("problem_id")
     active = active.join(raw_problems, on="problem_id", how="left", maintain_order="left")
-    return cache, ns, active, plan_feature_batches(active, rollouts, ns.key, config.problems_per_batch, config.num_shards)
+    return cache, ns, active, plan_feature_batches(active, rollouts, ns.key, config.problems_per_batch, NUM_SHARDS)
 
 
-@dg.op(out=dg.DynamicOut(io_manager_key=STEP_IO_MANAGER))
+@dg.op(out={shard_key(i): dg.Out(io_manager_key=STEP_IO_MANAGER) for i in range(NUM_SHARDS)})
 def plan_gradient_shards(
     config: GradientConfig, task: TaskSettings, grpo_loss: GRPOLoss, row_cache: RowCacheResource, raw_problems: pl.DataFrame,
     rollouts: pl.DataFrame, success_rates: pl.DataFrame, warmup_policy: Checkpoint, pretrained_policy: Checkpoint,
 ):
-    """One dynamic output per shard that holds batches, listing its batches."""
+    """One output per shard, listing its batches."""
     *_, batches = _plan(config, task, grpo_loss, row_cache, raw_problems, rollouts, success_rates, warmup_policy, pretrained_policy)
-    shards = sorted({b.shard for b in batches}) or [0]
-    for shard in shards:
-        mine = [{"key": b.key, "problem_ids": list(b.problem_ids), "shard": b.shard} for b in batches if b.shard == shard]
-        yield dg.DynamicOutput({"shard": shard, "batches": mine}, mapping_key=shard_key(shard))
+    return tuple(
+        {"shard": i, "batches": [{"key": b.key, "problem_ids": list(b.problem_ids), "shard": b.shard} for b in batches if b.shard == i]}
+        for i in range(NUM_SHARDS)
+    )
 
 
 @dg.op(out=dg.Out(io_manager_key=STEP_IO_MANAGER), pool=GPU_POOL, tags={"dagster-k8s/config": GPU_K8S_CONFIG})
@@ -152,7 +151,7 @@ def collect_gradients(
             "width": str(int(features.shape[1])),
             "seed": str(config.seed),
             "scope": config.scope if config.scope != "last_blocks" else f"last_blocks:{config.last_blocks}",
-            "config": config.model_dump_json(exclude={"num_shards"}),  # the shard count never changes the features
+            "config": config.model_dump_json(),
             "policy": warmup_policy.path.name,
             "reference_policy": pretrained_policy.path.name,
         },
@@ -181,7 +180,8 @@ def collect_gradients(
 def _op_config(values: dict) -> dict:
     """The stage's one config (run config `ops: {<asset>: {config: ...}}`), handed to each of its steps."""
     values = GradientConfig(**values).model_dump()
-    return {op: {"config": values} for op in ("plan_gradient_shards", "gradient_shard", "collect_gradients")}
+    steps = ["plan_gradient_shards", "collect_gradients", *(f"gradient_{shard_key(i)}" for i in range(NUM_SHARDS))]
+    return {op: {"config": values} for op in steps}
 
 
 @dg.graph_asset(group_name="selection", code_version="2", config=dg.ConfigMapping(config_fn=_op_config, config_schema=GradientConfig.to_config_schema()), **gpu_asset())
@@ -189,5 +189,8 @@ def projected_gradients(raw_problems, rollouts, success_rates, warmup_policy, pr
     """Unit-norm projected gradient of each problem's GRPO loss (float16) and its norm; rows follow
     `success_rates`. Problems with p in {0, 1} have zero advantage: no backward pass, a zero row."""
     shards = plan_gradient_shards(raw_problems, rollouts, success_rates, warmup_policy, pretrained_policy)
-    manifests = shards.map(lambda shard: gradient_shard(raw_problems, rollouts, warmup_policy, pretrained_policy, shard))
-    return collect_gradients(raw_problems, rollouts, success_rates, warmup_policy, pretrained_policy, manifests.collect())
+    manifests = [
+        gradient_shard.alias(f"gradient_{shard_key(i)}")(raw_problems, rollouts, warmup_policy, pretrained_policy, shards[i])
+        for i in range(NUM_SHARDS)
+    ]
+    return collect_gradients(raw_problems, rollouts, success_rates, warmup_policy, pretrained_policy, manifests)

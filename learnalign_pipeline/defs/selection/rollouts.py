@@ -1,6 +1,6 @@
 """Rollouts of the warm-up policy on the pool and each problem's success rate p (LearnAlign step 2).
 
-Sharded: the pool is split by problem content hash into `num_shards` shards, each an executor step that generates
+Sharded: the pool is split by problem content hash into `NUM_SHARDS` shards, each an executor step that generates
 only the rows the row cache lacks (a rerun after a crash or a pool edit reuses every finished row), and a collect
 step assembles the tables in pool order. The result does not depend on the shard count or the executor.
 """
@@ -20,7 +20,7 @@ from ..constants import GPU_K8S_CONFIG, GPU_POOL, gpu_asset
 from ..generation import BackendName, Generator
 from ..metadata import markdown_table
 from ..resources import TaskSettings
-from ..sharding import STEP_IO_MANAGER, RowCacheResource, merge_counts, shard_key
+from ..sharding import NUM_SHARDS, STEP_IO_MANAGER, RowCacheResource, merge_counts, shard_key
 from ..versioning import versioned
 
 # Bump when the rows a namespace holds would change for the same settings (generation or verifier logic).
@@ -35,7 +35,6 @@ class RolloutConfig(dg.Config):
     top_p: float = Field(default=1.0, description="nucleus sampling threshold")
     seed: int = Field(default=0, description="base seed; a problem's seed derives from it and the problem id")
     backend: BackendName = Field(default="transformers", description="generation engine: transformers or vllm")
-    num_shards: int = Field(default=4, description="shards (executor steps) the pool is split into by content hash")
     problems_per_file: int = Field(default=64, description="problems per published row-cache file: the unit a crash can lose")
 
 
@@ -64,12 +63,11 @@ def _shard_rows(problems: pl.DataFrame, shard: int, num_shards: int) -> pl.DataF
     return problems.filter(pl.Series(mask, dtype=pl.Boolean))
 
 
-@dg.op(out=dg.DynamicOut(io_manager_key=STEP_IO_MANAGER))
+@dg.op(out={shard_key(i): dg.Out(io_manager_key=STEP_IO_MANAGER) for i in range(NUM_SHARDS)})
 def plan_rollout_shards(config: RolloutConfig, raw_problems: pl.DataFrame):
-    """One dynamic output per non-empty shard."""
-    shards = sorted({shard_of(k, config.num_shards) for k in problem_keys(raw_problems)}) or [0]
-    for shard in shards:
-        yield dg.DynamicOutput({"shard": shard}, mapping_key=shard_key(shard))
+    """One output per shard: its index and problem count."""
+    shards = [shard_of(k, NUM_SHARDS) for k in problem_keys(raw_problems)]
+    return tuple({"shard": i, "problems": shards.count(i)} for i in range(NUM_SHARDS))
 
 
 @dg.op(out=dg.Out(io_manager_key=STEP_IO_MANAGER), pool=GPU_POOL, tags={"dagster-k8s/config": GPU_K8S_CONFIG})
@@ -83,7 +81,7 @@ def rollout_shard(
     shard: dict,
 ) -> dict:
     """Generate and verify the rollouts of one shard's problems that the row cache lacks."""
-    problems = _shard_rows(raw_problems, shard["shard"], config.num_shards)
+    problems = _shard_rows(raw_problems, shard["shard"], NUM_SHARDS)
     cache, ns = _namespace(config, task, generator, row_cache, warmup_policy)
     spec = SamplingSpec(num_samples=config.num_samples, temperature=config.temperature, top_p=config.top_p, max_new_tokens=task.max_new_tokens)
     verifier = task.make_verifier()
@@ -146,7 +144,8 @@ def collect_rollouts(
 def _op_config(values: dict) -> dict:
     """The stage's one config (run config `ops: {<asset>: {config: ...}}`), handed to each of its steps."""
     values = RolloutConfig(**values).model_dump()
-    return {op: {"config": values} for op in ("plan_rollout_shards", "rollout_shard", "collect_rollouts")}
+    steps = ["plan_rollout_shards", "collect_rollouts", *(f"rollout_{shard_key(i)}" for i in range(NUM_SHARDS))]
+    return {op: {"config": values} for op in steps}
 
 
 @dg.graph_multi_asset(
@@ -162,6 +161,7 @@ def _op_config(values: dict) -> dict:
     config=dg.ConfigMapping(config_fn=_op_config, config_schema=RolloutConfig.to_config_schema()),
 )
 def rollouts_and_success_rates(raw_problems, warmup_policy):
-    manifests = plan_rollout_shards(raw_problems).map(lambda shard: rollout_shard(raw_problems, warmup_policy, shard))
-    rollouts, rates = collect_rollouts(raw_problems, warmup_policy, manifests.collect())
+    shards = plan_rollout_shards(raw_problems)
+    manifests = [rollout_shard.alias(f"rollout_{shard_key(i)}")(raw_problems, warmup_policy, shards[i]) for i in range(NUM_SHARDS)]
+    rollouts, rates = collect_rollouts(raw_problems, warmup_policy, manifests)
     return {"rollouts": rollouts, "success_rates": rates}
