@@ -162,7 +162,7 @@ def test_shards_run_as_parallel_dask_tasks_with_identical_results(home, referenc
     starts = [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
     shard_steps = [e for e in starts if "_shard_" in (e.step_key or "")]
     assert len(shard_steps) == 8  # 4 rollout and 4 gradient shards
-    assert len({e.pid for e in shard_steps}) == 2  # spread over both worker processes
+    assert len({e.dagster_event.pid for e in shard_steps}) == 2  # spread over both worker processes
 
     # A warm rerun in process reads everything back from the row cache.
     instance = run_stages(home, stage_config(home / "cache_dask"))
