@@ -1,10 +1,11 @@
 """The sharded stages (`rollouts_and_success_rates`, `projected_gradients`) on a real on-disk Dagster instance:
 results do not depend on the shard count or the executor, a warm rerun computes nothing, a run killed with SIGKILL mid-rollouts
-is finished by a rerun that reuses every published batch, and the shards run as parallel Dask tasks on a local
+(or mid-gradients) is finished by a rerun that reuses every published batch, and the shards run as parallel Dask tasks on a local
 cluster, all with bitwise-identical artifacts."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,9 +101,9 @@ job.execute_in_process(run_config=json.loads(sys.argv[2]), instance=instance, as
 """
 
 
-def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, reference):
-    cache = home / "cache_killed"
-    run_config = stage_config(cache, problems_per_file=2)  # 24 small files: many chances to die mid-stage
+def kill_after_first_file(home: Path, run_config: dict, pattern: str, cache: Path) -> list[Path]:
+    """Start the stages in a child process, SIGKILL it as soon as a file matching `pattern` is published, and
+    return the files published by then."""
     child = subprocess.Popen(
         [sys.executable, "-c", STAGE_SCRIPT, str(home / "dagster_home"), json.dumps(run_config), json.dumps(STAGES)],
         env={**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
@@ -110,16 +111,22 @@ def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, referenc
     )
     deadline = time.monotonic() + 240
     try:
-        while not list(cache.glob("rollouts/*/rows-*.parquet")):
-            assert child.poll() is None, "the stage process ended before publishing a rollout batch"
-            assert time.monotonic() < deadline, "no rollout batch was published in time"
+        while not list(cache.glob(pattern)):
+            assert child.poll() is None, "the stage process ended before publishing a file"
+            assert time.monotonic() < deadline, "no file was published in time"
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    published = sorted(cache.glob("rollouts/*/rows-*.parquet"))
+    return sorted(cache.glob(pattern))
+
+
+def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, reference):
+    cache = home / "cache_killed"
+    run_config = stage_config(cache, problems_per_file=2)  # 24 small files: many chances to die mid-stage
+    published = kill_after_first_file(home, run_config, "rollouts/*/rows-*.parquet", cache)
     rows_at_kill = pl.concat([pl.read_parquet(p) for p in published])  # every published file is whole
     killed_problems = rows_at_kill["problem_id"].n_unique()
     assert 0 < killed_problems < pool_size(instance_of(home))  # killed mid-stage: some batches were published, not all
@@ -130,6 +137,19 @@ def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, referenc
     assert rollouts["reused_problems"] == killed_problems  # finished batches were read back, not regenerated
     assert rollouts["generated_problems"] == pool_size(instance) - killed_problems
     assert data_versions(instance) == reference  # bitwise the artifacts of the uninterrupted run
+
+
+def test_sigkill_mid_gradient_shards_then_rerun_reuses_published_batches(home, reference):
+    cache = home / "cache_killed_gradients"
+    shutil.copytree(home / "cache_reference" / "rollouts", cache / "rollouts")  # rollouts done: die in the gradients
+    run_config = stage_config(cache)
+    published = kill_after_first_file(home, run_config, "gradient_features/*/batch-*.safetensors", cache)
+    batches_at_kill = len(published)
+    instance = run_stages(home, run_config)
+    grads = latest_metadata(instance, "projected_gradients")
+    assert 0 < batches_at_kill < grads["batches"]  # killed mid-stage
+    assert grads["reused_batches"] == batches_at_kill and grads["computed_batches"] == grads["batches"] - batches_at_kill
+    assert data_versions(instance) == reference
 
 
 DASK_SCRIPT = """
