@@ -79,7 +79,7 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, samples: int, repeats: int) -> None:
+def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, samples: int, repeats: int, problems_per_batch: int) -> None:
     tokenizer = tokenizer_for(spec.vocab_size)
     model = build_model(spec, tokenizer, seed=0).eval()
     reference = perturbed(model)
@@ -88,11 +88,13 @@ def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, sa
     config = GRPOLossConfig(beta=0.04)
     params = sum(p.numel() for p in model.parameters())
     label = f"1 batched vs loop [{name}]"
-    report(label, "model params / problems x rollouts", f"{params / 1e6:.2f}M / {num_problems}x{samples}")
+    report(label, "model params / problems x rollouts / per batch", f"{params / 1e6:.2f}M / {num_problems}x{samples} / {problems_per_batch}")
     batched_times, loop_times = [], []
     for _ in range(repeats):  # interleaved so both see the same machine load
         batched, t_batched = timed(
-            lambda: gradient_features(model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa").features
+            lambda: gradient_features(
+                model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa", problems_per_batch=problems_per_batch
+            ).features
         )
         loop, t_loop = timed(lambda: loop_gradients(model, reference, tokenizer, problems, rollouts, config))
         batched_times.append(t_batched)
@@ -221,16 +223,22 @@ def main() -> None:
     parser.add_argument("--parts", default="1,2,3", help="comma-separated benchmarks to run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--problems-per-batch", type=int, default=None, help="benchmark 1: problems per batched backward (default: the stage's mean batch size)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     parts = set(args.parts.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     if "1" in parts:
+        from learnalign_pipeline.defs.selection.gradients import GradientConfig
+
+        per_batch = args.problems_per_batch or GradientConfig().problems_per_batch
         demo = TinyPolicySpec(vocab_size=320, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1)
         larger = TinyPolicySpec(vocab_size=512, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2)
-        bench_batched_vs_loop("demo 128/256/2L", demo, num_problems=32, samples=8, repeats=args.repeats)
-        bench_batched_vs_loop("256/768/4L", larger, num_problems=16, samples=8, repeats=args.repeats)
+        bench_batched_vs_loop("demo 128/256/2L", demo, num_problems=32, samples=8, repeats=args.repeats, problems_per_batch=per_batch)
+        bench_batched_vs_loop("256/768/4L", larger, num_problems=16, samples=8, repeats=args.repeats, problems_per_batch=per_batch)
     if "2" in parts:
         bench_projections(num_problems=16, samples=8, repeats=max(1, args.repeats - 1))
     if "3" in parts:

@@ -14,6 +14,7 @@ all of a transformer's parameters.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from .artifacts import TensorBundle
 from .grpo import GRPOLossConfig, per_problem_loss, token_logprobs
 from .projection import Projector, per_problem_outer
 from .prompts import PromptFormat
@@ -268,6 +270,84 @@ def gradient_features(
     width = blocks[0].shape[1] if blocks else 0
     features = torch.cat(blocks) if blocks else torch.zeros(0, width)
     return FeatureBatchResult(problems["problem_id"].to_list(), features)
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """A content-defined batch of problems whose features are computed together and cached as one file."""
+
+    key: str  # hash of the namespace and every member's row key: names the cached file
+    problem_ids: tuple[str, ...]  # in key order, the order the batch is computed in
+    shard: int
+
+
+def feature_row_keys(problems: pl.DataFrame, rollouts: pl.DataFrame) -> list[str]:
+    """Per problem: the hash of its content and of its rollouts (token ids and rewards, in sample order), i.e. of
+    everything its GRPO loss reads besides the policy and the stage settings."""
+    from .row_cache import problem_keys, stable_hash
+
+    samples = rollouts.group_by("problem_id").agg(
+        pl.col("token_ids").sort_by("sample_index"), pl.col("reward").sort_by("sample_index")
+    )
+    ordered = problems.select("problem_id").join(samples, on="problem_id", how="left", maintain_order="left")
+    return [
+        stable_hash(key, json.dumps(ids), json.dumps(rewards))
+        for key, ids, rewards in zip(problem_keys(problems), ordered["token_ids"].to_list(), ordered["reward"].to_list(), strict=True)
+    ]
+
+
+def plan_feature_batches(
+    problems: pl.DataFrame, rollouts: pl.DataFrame, namespace_key: str, expected_size: int, num_shards: int
+) -> list[FeatureBatch]:
+    """Content-defined batches of `problems` (see `row_cache.content_batches`), each assigned to a shard by its
+    key. Neither the batches nor their contents depend on the shard count or on the rest of the pool."""
+    from .row_cache import content_batches, shard_of, stable_hash
+
+    keys = feature_row_keys(problems, rollouts)
+    ids = problems["problem_id"].to_list()
+    batches = []
+    for members in content_batches(keys, expected_size):
+        key = stable_hash(namespace_key, *(keys[i] for i in members))
+        batches.append(FeatureBatch(key, tuple(ids[i] for i in members), shard_of(key, num_shards)))
+    return batches
+
+
+def compute_missing_feature_batches(
+    cache, ns, batches: list[FeatureBatch], problems: pl.DataFrame, rollouts: pl.DataFrame, load_models, features_fn
+) -> dict:
+    """Compute and publish every batch of `batches` that `cache` lacks, one file per batch as it finishes.
+    `load_models` is called only if something is missing; `features_fn(models, problems)` returns a
+    `FeatureBatchResult` for one batch's problems."""
+    stats = {"batches": len(batches), "reused_batches": 0, "computed_batches": 0, "computed_problems": 0}
+    models = None
+    for batch in batches:
+        if cache.has_batch(ns, batch.key):
+            stats["reused_batches"] += 1
+            continue
+        models = models or load_models()
+        members = pl.DataFrame({"problem_id": list(batch.problem_ids)}).join(problems, on="problem_id", how="left", maintain_order="left")
+        result = features_fn(models, members)
+        cache.put_batch(ns, batch.key, TensorBundle({"features": result.features.contiguous()}, {"problem_ids": json.dumps(result.problem_ids)}))
+        stats["computed_batches"] += 1
+        stats["computed_problems"] += len(batch.problem_ids)
+    return stats
+
+
+def gather_features(cache, ns, batches: list[FeatureBatch], problem_ids: list[str]) -> FeatureBatchResult:
+    """The cached features of every batch, rows in `problem_ids` order (every id must belong to a batch)."""
+    blocks, ids = [], []
+    for batch in batches:
+        bundle = cache.get_batch(ns, batch.key)
+        stored = json.loads(bundle.metadata["problem_ids"])
+        if stored != list(batch.problem_ids):
+            raise ValueError(f"cached feature batch {batch.key[:16]} holds other problems than planned")
+        blocks.append(bundle.tensors["features"])
+        ids.extend(stored)
+    if not blocks:
+        return FeatureBatchResult([], torch.zeros(0, 0))
+    features = torch.cat(blocks)
+    row = {pid: i for i, pid in enumerate(ids)}
+    return FeatureBatchResult(list(problem_ids), features[[row[pid] for pid in problem_ids]])
 
 
 def loop_gradients(model, ref_model, tokenizer, problems, rollouts, loss_config: GRPOLossConfig, template="qa", scope: Scope = "all_linear") -> torch.Tensor:

@@ -95,3 +95,51 @@ def to_rollout_batch(
     rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32)
     advantages = group_advantages(rewards, scale=scale_rewards, eps=advantage_eps)
     return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)
+
+
+def generate_missing_rollouts(
+    cache,
+    ns,
+    problems: pl.DataFrame,
+    make_backend,
+    spec: SamplingSpec,
+    verifier: Verifier,
+    template: str | PromptFormat,
+    base_seed: int,
+    problems_per_file: int,
+) -> dict:
+    """Generate rollouts for the problems of `problems` that `cache` lacks, publishing one batch file per
+    `problems_per_file` problems as it finishes (a killed run keeps every finished file). `make_backend` is called
+    only if something is missing. Returns counts for metadata."""
+    from .row_cache import problem_keys
+
+    keys = problem_keys(problems)
+    cached = cache.rows(ns, keys)
+    have = set(cached["row_key"].to_list()) if cached is not None else set()
+    missing = problems.with_columns(pl.Series("row_key", keys)).filter(~pl.col("row_key").is_in(list(have)))
+    stats = {"problems": problems.height, "reused_problems": problems.height - missing.height, "generated_problems": 0, "files": 0, "generated_tokens": 0}
+    if missing.height:
+        backend = make_backend()
+        for start in range(0, missing.height, problems_per_file):
+            chunk = missing[start : start + problems_per_file]
+            rows = sample_rollouts(backend, chunk, spec, verifier, template, base_seed)
+            rows = rows.with_columns(pl.col("problem_id").replace_strict(chunk["problem_id"], chunk["row_key"]).alias("row_key"))
+            cache.put_rows(ns, rows)
+            stats["generated_problems"] += chunk.height
+            stats["files"] += 1
+            stats["generated_tokens"] += int(rows["num_tokens"].sum())
+    return stats
+
+
+def gather_rollouts(cache, ns, problems: pl.DataFrame) -> pl.DataFrame:
+    """Every problem's cached rollouts in `problems` order and sample order, as `sample_rollouts` returns them."""
+    from .row_cache import problem_keys
+
+    keys = problem_keys(problems)
+    cached = cache.rows(ns, keys)
+    order = pl.DataFrame({"row_key": keys, "_position": range(len(keys)), "_id": problems["problem_id"]})
+    rows = order.join(cached if cached is not None else pl.DataFrame(schema={**ROLLOUT_SCHEMA, "row_key": pl.String()}), on="row_key", how="left")
+    lacking = rows.filter(pl.col("sample_index").is_null())
+    if lacking.height:
+        raise ValueError(f"rollouts are missing from the row cache for {lacking.height} problems, e.g. {lacking['_id'].head(3).to_list()}")
+    return rows.sort("_position", "sample_index").select(list(ROLLOUT_SCHEMA)).cast(ROLLOUT_SCHEMA)

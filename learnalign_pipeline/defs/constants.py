@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 # Requests for Dagster's Kubernetes executor / run launcher (dagster-k8s reads this op tag at launch).
 GPU_K8S_CONFIG = {
     "container_config": {
@@ -10,7 +12,10 @@ GPU_K8S_CONFIG = {
     "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
 }
 
-GPU_POOL = "gpu"
+# LEARNALIGN_GPU_POOL="" drops the pool, for the Dask executor: dagster-dask 0.29.27 cannot submit a run that has
+# pooled steps (dask's task parser iterates the run's op-concurrency record, which dagster forbids). On Dask, limit
+# GPU tasks with worker resources instead. Launcher and workers must see the same value.
+GPU_POOL = os.environ.get("LEARNALIGN_GPU_POOL", "gpu") or None
 
 
 def gpu_op() -> dict:

@@ -14,6 +14,7 @@ from ..core.prompts import PromptFormat
 from ..core.verify import make_verifier
 from .generation import Generator
 from .io_manager import ArtifactIOManager
+from .sharding import STEP_IO_MANAGER, JsonStepIOManager, RowCacheResource
 
 
 def project_home() -> Path:
@@ -74,6 +75,8 @@ def resources() -> dg.Definitions:
     return dg.Definitions(
         resources={
             "io_manager": ArtifactIOManager(root=artifacts),
+            STEP_IO_MANAGER: JsonStepIOManager(root=artifacts),
+            "row_cache": RowCacheResource(root=str(home / "row_cache")),
             "store": ArtifactStore(root=artifacts),
             "task": TaskSettings(),
             "grpo_loss": GRPOLoss(),
