@@ -3,7 +3,8 @@
 - bumping one asset's code version makes it, and nothing else, stale; materializing the unsynced assets
   recomputes only it, and since its output is byte-identical (content-hash data version) nothing below goes stale;
 - editing the pool file re-runs, through automation ticks, raw_problems and the selection path down to
-  selected_subset, never the benchmark or pre-training; training waits for its cron tick.
+  selected_subset under the same warm-up policy (so rollouts are generated only for the new problems), never the
+  benchmark; policy training (pre-training, warm-up, GRPO) waits for its nightly window.
 """
 
 import copy
@@ -22,7 +23,7 @@ from test_automation import Loop, _jsonl
 
 pytestmark = pytest.mark.slow
 
-GATED = {"trained_policy", "benchmark_results"}
+GATED = {"pretrained_policy", "warmup_policy", "trained_policy", "benchmark_results"}
 # The smoke preset with a far smaller pre-training: these tests need a policy, not a good one.
 TINY = copy.deepcopy(SMOKE)
 TINY["ops"]["pretrained_policy"]["config"].update(corpus_size=300, steps=4, batch_size=16, intermediate_size=64)
@@ -109,8 +110,12 @@ def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(w
         assert requested <= affected - GATED, requested
         loop.run(requested, TINY)
     rerun = {k for k in counts if loop.materializations(k) != counts[k]}
-    assert {"raw_problems", "warmup_policy", "rollouts", "projected_gradients", "alignment_scores", "selected_subset"} <= rerun
-    assert not rerun & {"benchmark_problems", "benchmark_rejected_problems", "pretrained_policy"}
+    assert {"raw_problems", "rollouts", "projected_gradients", "alignment_scores", "selected_subset"} <= rerun
+    assert not rerun & {"benchmark_problems", "benchmark_rejected_problems", "pretrained_policy", "warmup_policy"}
+    # Same warm-up policy, so the row cache serves every old problem: only the (at most 4) new ones are generated.
+    meta = loop.instance.get_latest_materialization_event(dg.AssetKey("rollouts")).asset_materialization.metadata
+    generated, reused = meta["generated_problems"].value, meta["reused_problems"].value
+    assert 1 <= generated <= 4 and reused >= 12, (generated, reused)
     # Layer by layer: the pool's table first, then its children once it has a new data version, and so on.
     # selected_subset has a direct edge from raw_problems and a longer path through the scores, so it runs once
     # per path (cheap); when the ticks stop, nothing on the path is stale.

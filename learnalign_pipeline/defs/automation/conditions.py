@@ -1,11 +1,13 @@
 """Automation conditions, applied to every asset in one place (`definitions.py`) rather than in each asset file.
 
-- The re-selection path (groups `data`, `policy`, `selection`) re-runs as soon as a parent's *data version*
-  changes or its own code version does. Deterministic steps return content-hash data versions, so an input that
-  was recomputed to the same bytes triggers nothing.
-- Everything else (`training`, `evaluation` and any group added later: GPU training and benchmarks) runs the same
-  way but only inside a nightly window (02:00-06:00 UTC by default), so a day's dataset edits cost one training
-  run, and the benchmark follows the training in the same window. Tag an asset
+- The re-selection path (groups `data`, `selection`) re-runs as soon as a parent's *data version* changes or
+  its own code version does. Deterministic steps return content-hash data versions, so an input that was
+  recomputed to the same bytes triggers nothing.
+- Everything else (`policy`, `training`, `evaluation` and any group added later: GPU training and benchmarks)
+  runs the same way but only inside a nightly window (02:00-06:00 UTC by default), so a day's dataset edits cost
+  one training run, and the benchmark follows the training in the same window. The warm-up policy is gated too:
+  during the day a pool edit is scored under the current warm-up policy, so the row cache reuses every rollout and
+  gradient already computed and only new problems are generated and differentiated. Tag an asset
   `learnalign/automation=manual` to leave it to people and schedules.
 """
 
@@ -13,7 +15,7 @@ import os
 
 import dagster as dg
 
-RESELECTION_GROUPS = frozenset({"data", "policy", "selection"})
+RESELECTION_GROUPS = frozenset({"data", "selection"})
 MANUAL_TAG = "learnalign/automation"
 # The window in which gated GPU steps may start (UTC): it opens on the first cron's tick and closes on the second's.
 GATED_CRON = os.environ.get("LEARNALIGN_GATED_CRON", "0 2 * * *")
