@@ -56,8 +56,10 @@ def train_grpo(
     verifier: Verifier,
     config: GRPOTrainConfig,
     log: Callable[[dict], None] | None = None,
+    on_rollouts: Callable[[int, pl.DataFrame], None] | None = None,
 ) -> list[dict]:
-    """Train `model` in place on `problems`; the reference for the KL term is a frozen copy of the start."""
+    """Train `model` in place on `problems`; the reference for the KL term is a frozen copy of the start.
+    `on_rollouts(step, rollouts)` sees every step's rewarded rollouts (LIMR's per-problem accuracy trajectory)."""
     if problems.height == 0:
         raise ValueError("GRPO needs at least one problem")
     torch.manual_seed(config.seed)
@@ -72,6 +74,8 @@ def train_grpo(
         rollouts = sample_rollouts(
             backend, batch_problems, config.sampling, verifier, config.template, base_seed=config.seed * 1_000_003 + step
         )
+        if on_rollouts:
+            on_rollouts(step, rollouts)
         batch = to_rollout_batch(
             batch_problems, rollouts, tokenizer, config.template, config.loss.scale_rewards, config.loss.advantage_eps
         )

@@ -5,6 +5,7 @@ Each comes from the embedded arithmetic generator (the default) or a user's file
 location and reason; `checks.py` fails the run when too many were rejected.
 """
 
+import dataclasses
 from typing import Literal
 
 import dagster as dg
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from ...core.arithmetic import arithmetic_frame
 from ...core.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceSpec, load_problems
+from ...core.noise import NoiseKind, mark_noisy
 from ..metadata import markdown_table, problem_summary
 from ..versioning import versioned
 
@@ -53,6 +55,9 @@ class PoolConfig(ProblemSourceConfig):
 
     num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
+    noisy_share: float = Field(default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)")
+    noise_kind: NoiseKind = Field(default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold")
+    noise_seed: int = Field(default=0, description="seed choosing the noisy problems")
 
 
 def _load(config: ProblemSourceConfig, split: str, exclude_ids: frozenset[str]) -> LoadResult:
@@ -95,13 +100,15 @@ def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfi
 
 @dg.multi_asset(
     outs={
-        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
+        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="3", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
         "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="1", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
     },
     can_subset=True,
 )
 def raw_problems(context: dg.AssetExecutionContext, config: PoolConfig, benchmark_problems: pl.DataFrame, benchmark_rejected_problems: pl.DataFrame):
     result = _load(config, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
+    if config.noisy_share:  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share
+        result = dataclasses.replace(result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed))
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
     if "raw_problems" in context.selected_output_names:
         yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config), **problem_summary(result.problems))
