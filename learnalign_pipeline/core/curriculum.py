@@ -41,10 +41,10 @@ class RoundSpec:
     seed: int = 0
 
 
-def _features(model, ref_model, tokenizer, problems, rollouts, rates, loss, projector, template) -> torch.Tensor:
+def _features(model, ref_model, tokenizer, problems, rollouts, rates, loss, projector, template, **feature_options) -> torch.Tensor:
     """Raw projected gradients, zero rows for zero-variance problems; rows follow `rates`."""
     active = learnable_problems(rates).select("problem_id").join(problems, on="problem_id", how="left", maintain_order="left")
-    result = gradient_features(model, ref_model, tokenizer, active, rollouts, loss, projector, template)
+    result = gradient_features(model, ref_model, tokenizer, active, rollouts, loss, projector, template, **feature_options)
     features = torch.zeros(rates.height, result.features.shape[1] if active.height else 1)
     row_of = {pid: i for i, pid in enumerate(rates["problem_id"].to_list())}
     if active.height:
@@ -65,9 +65,11 @@ def score_chunk(
     spec: RoundSpec,
     max_new_tokens: int,
     round_index: int,
+    **feature_options,
 ) -> pl.DataFrame:
     """Every chunk problem with its success rate and score at the current policy, plus a `selected` flag for the
-    top `spec.keep` (ties by problem id)."""
+    top `spec.keep` (ties by problem id). `feature_options` (scope, last_blocks, problems_per_batch) go to
+    `gradient_features`, so candidates and validation problems share the pool's feature settings."""
     backend = TransformersBackend(model, tokenizer)
     base = spec.seed * 1_000_003 + round_index * 7919
     sample = lambda problems, k, offset: sample_rollouts(  # noqa: E731
@@ -76,8 +78,8 @@ def score_chunk(
     chunk_rollouts = sample(chunk, spec.candidate_samples, 0)
     val_rollouts = sample(validation, spec.validation_samples, 1)
     chunk_rates, val_rates = success_rates(chunk_rollouts), success_rates(val_rollouts)
-    features = _features(model, ref_model, tokenizer, chunk, chunk_rollouts, chunk_rates, loss, projector, template)
-    val_features = _features(model, ref_model, tokenizer, validation, val_rollouts, val_rates, loss, projector, template)
+    features = _features(model, ref_model, tokenizer, chunk, chunk_rollouts, chunk_rates, loss, projector, template, **feature_options)
+    val_features = _features(model, ref_model, tokenizer, validation, val_rollouts, val_rates, loss, projector, template, **feature_options)
     unit, norms = unit_rows(features)
     ids = chunk_rates["problem_id"].to_list()
     signals = SelectionSignals(

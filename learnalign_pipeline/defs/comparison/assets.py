@@ -98,9 +98,9 @@ class ComparisonConfig(GRPOStageConfig):
         default_factory=lambda: ["learnalign", "gradalign", "random", "accgreedy", "limr", "full_data"],
         description="methods to train and evaluate (each must be in comparison_subsets)",
     )
-    steps: int = Field(default=16, description="GRPO steps per run, the same for every method")
+    steps: int = Field(default=12, description="GRPO steps per run, the same for every method (12 x 16 = 3 epochs of N=64)")
     problems_per_step: int = Field(default=16, description="problems per step")
-    eval_problems: int = Field(default=500, description="benchmark problems evaluated (after removing the validation slice)")
+    eval_problems: int = Field(default=400, description="benchmark problems evaluated (after removing the validation slice)")
 
 
 def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, verifier, name: str) -> dict:

@@ -17,7 +17,7 @@ from ..policy.checkpoints import grpo_stage
 from ..policy.grpo_config import GRPOStageConfig
 from ..resources import ArtifactStore, GRPOLoss, TaskSettings
 from ..versioning import versioned
-from .signals import pool_projector
+from .signals import pool_gradient_config
 
 GROUP = "curriculum"
 ROUNDS = 2  # rounds defined as assets; more rounds = a larger constant (each round is two assets)
@@ -69,9 +69,11 @@ def _round_assets(r: int) -> list:
         loss = grpo_loss.config(task.max_new_tokens)
         reference = load_policy(pretrained_policy.path)[0] if loss.beta else None
         spec = RoundSpec(config.candidate_samples, config.validation_samples, config.keep, config.method, config.seed)
+        features = pool_gradient_config(projected_gradients)  # same projector (and seed) and scope as the pool's
         scored = score_chunk(
             model, reference, tokenizer, chunk, validation_problems, task.make_verifier(), loss,
-            pool_projector(projected_gradients), task.prompt_format(), spec, task.max_new_tokens, r - 1,
+            features.projector(), task.prompt_format(), spec, task.max_new_tokens, r - 1,
+            scope=features.scope, last_blocks=features.last_blocks, problems_per_batch=features.problems_per_batch,
         )
         scored = scored.with_columns(pl.lit(r).alias("round"), pl.lit(start.path.name).alias("scored_with"))
         chosen = scored.filter(pl.col("selected")).sort("score", "problem_id", descending=[True, False])

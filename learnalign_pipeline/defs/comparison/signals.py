@@ -25,7 +25,8 @@ from ...core.generation import SamplingSpec
 from ...core.gradients import gradient_features
 from ...core.perplexity import answer_perplexity as perplexity_of_answers
 from ...core.policy import load_policy
-from ...core.rollouts import learnable_problems, sample_rollouts, success_rates
+from ...core.rollouts import learnable_problems, sample_rollouts
+from ...core.rollouts import success_rates as rollout_success_rates
 from ...core.scoring import unit_rows
 from ...core.trainer import train_grpo
 from ..constants import gpu_asset, gpu_op, gpu_step
@@ -39,14 +40,14 @@ from ..versioning import versioned
 GROUP = "comparison"
 
 
-def pool_projector(projected_gradients: TensorBundle):
-    """The projector the pool's features were computed with (same kind, widths and seed)."""
-    return GradientConfig(**json.loads(projected_gradients.metadata["config"])).projector()
+def pool_gradient_config(projected_gradients: TensorBundle) -> GradientConfig:
+    """The settings the pool's features were computed with (projection kind, widths, seed, scope)."""
+    return GradientConfig(**json.loads(projected_gradients.metadata["config"]))
 
 
 def projected_features(model, reference, tokenizer, problems: pl.DataFrame, rollouts: pl.DataFrame, rates: pl.DataFrame, task, grpo_loss, projected_gradients) -> torch.Tensor:
     """Raw projected gradients (float32) with rows following `rates`; zero rows for zero-variance problems."""
-    config = GradientConfig(**json.loads(projected_gradients.metadata["config"]))
+    config = pool_gradient_config(projected_gradients)
     active = learnable_problems(rates).select("problem_id").join(problems, on="problem_id", how="left", maintain_order="left")
     width = int(projected_gradients.metadata["width"])
     features = torch.zeros(rates.height, width)
@@ -96,7 +97,7 @@ def validation_gradients(
     reference = load_policy(pretrained_policy.path)[0] if grpo_loss.beta else None
     spec = SamplingSpec(num_samples=config.num_samples, temperature=1.0, max_new_tokens=task.max_new_tokens)
     rollouts = sample_rollouts(generator.backend("transformers", warmup_policy), validation_problems, spec, task.make_verifier(), task.prompt_format(), config.seed)
-    rates = success_rates(rollouts)
+    rates = rollout_success_rates(rollouts)
     features = projected_features(model, reference, tokenizer, validation_problems, rollouts, rates, task, grpo_loss, projected_gradients)
     bundle = TensorBundle(
         tensors={"features": features, "success_rate": torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float32)},
@@ -133,7 +134,7 @@ def cold_start_signals(
     pool = success_rates.select("problem_id").join(raw_problems, on="problem_id", how="left", maintain_order="left")
     spec = SamplingSpec(num_samples=config.num_samples, temperature=1.0, max_new_tokens=task.max_new_tokens)
     rollouts = sample_rollouts(generator.backend("transformers", pretrained_policy), pool, spec, task.make_verifier(), task.prompt_format(), config.seed)
-    rates = success_rates_of(rollouts)
+    rates = rollout_success_rates(rollouts)
     features = projected_features(model, reference, tokenizer, pool, rollouts, rates, task, grpo_loss, projected_gradients)
     unit, norms = unit_rows(features)
     bundle = TensorBundle(
@@ -141,9 +142,6 @@ def cold_start_signals(
         metadata={"problem_ids": json.dumps(rates["problem_id"].to_list()), "policy": pretrained_policy.path.name},
     )
     return versioned(bundle, problems=rates.height, learnable_share=float((norms > 0).float().mean()), mean_success_rate=float(rates["success_rate"].mean()))
-
-
-success_rates_of = success_rates  # the asset argument above shadows the core function's name
 
 
 @dg.asset(group_name=GROUP, code_version="1", **gpu_step())
@@ -163,7 +161,8 @@ class FullDataConfig(GRPOStageConfig):
     """GRPO on the whole pool from the warm-up policy for several epochs (LIMR's reference run)."""
 
     epochs: int = Field(default=3, description="passes over the pool; LIMR's trajectory has one point per epoch")
-    problems_per_step: int = Field(default=32, description="problems per step")
+    problems_per_step: int = Field(default=64, description="problems per step")
+    num_samples: int = Field(default=4, description="rollouts per problem per visit (accuracy resolution 1/4; keeps the 3 epochs cheap)")
     steps: int = Field(default=0, description="ignored: the step count follows from epochs and problems_per_step")
 
 
