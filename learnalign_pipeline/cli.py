@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum"])
     parser.add_argument("--preset", default="demo", help="run-config preset for `demo` (learnalign_pipeline.defs.presets)")
+    parser.add_argument("--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory")
     args, rest = parser.parse_known_args(argv)
     prepare_environment()
     if args.command == "demo":
@@ -121,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         from .defs.presets import PRESETS
 
         job = selection_comparison_job if args.command == "compare" else gradalign_curriculum_job
-        if not run_demo(PRESETS.get(args.preset, {}) if args.preset != "demo" else {}, job=job):
+        run_config = dict(PRESETS[args.preset]) if args.preset != "demo" else {}
+        if args.png_dir:
+            ops = {**run_config.get("ops", {}), "comparison_report": {"config": {"png_dir": args.png_dir}}}
+            run_config = {**run_config, "ops": ops}
+        if not run_demo(run_config, job=job):
             return 1
         if args.command == "compare":
             print(latest_comparison_table())

@@ -36,7 +36,7 @@ METHOD_ORDER = list(METHODS)
 
 class SubsetsConfig(dg.Config):
     methods: list[str] = Field(default_factory=lambda: list(METHODS), description="methods to select with (all by default: selection is cheap)")
-    budgets: list[int] = Field(default_factory=lambda: [64, 256], description="budgets N")
+    budgets: list[int] = Field(default_factory=lambda: [32, 128], description="budgets N (3% and 13% of the embedded pool)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds (they change the random and accuracy_band draws)")
 
 
@@ -98,9 +98,10 @@ class ComparisonConfig(GRPOStageConfig):
         default_factory=lambda: ["learnalign", "gradalign", "random", "accgreedy", "limr", "full_data"],
         description="methods to train and evaluate (each must be in comparison_subsets)",
     )
-    steps: int = Field(default=12, description="GRPO steps per run, the same for every method (12 x 16 = 3 epochs of N=64)")
+    steps: int = Field(default=8, description="GRPO steps per run, the same for every method (8 x 16 = 4 epochs of N=32, 1 of N=128)")
     problems_per_step: int = Field(default=16, description="problems per step")
-    eval_problems: int = Field(default=400, description="benchmark problems evaluated (after removing the validation slice)")
+    num_samples: int = Field(default=4, description="rollouts per problem (G; 4 keeps 33 runs within 30 minutes on 2 shared cores)")
+    eval_problems: int = Field(default=300, description="benchmark problems evaluated (after removing the validation slice)")
 
 
 def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, verifier, name: str) -> dict:

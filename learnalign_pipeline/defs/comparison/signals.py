@@ -112,7 +112,7 @@ def validation_gradients(
 
 
 class ColdStartConfig(dg.Config):
-    num_samples: int = Field(default=8, description="rollouts per pool problem at the base policy (K)")
+    num_samples: int = Field(default=4, description="rollouts per pool problem at the base policy (K; the warm-up's K=8 costs twice as much)")
     seed: int = Field(default=0, description="base sampling seed")
 
 
@@ -161,7 +161,7 @@ class FullDataConfig(GRPOStageConfig):
     """GRPO on the whole pool from the warm-up policy for several epochs (LIMR's reference run)."""
 
     epochs: int = Field(default=3, description="passes over the pool; LIMR's trajectory has one point per epoch")
-    problems_per_step: int = Field(default=64, description="problems per step")
+    problems_per_step: int = Field(default=128, description="problems per step")
     num_samples: int = Field(default=4, description="rollouts per problem per visit (accuracy resolution 1/4; keeps the 3 epochs cheap)")
     steps: int = Field(default=0, description="ignored: the step count follows from epochs and problems_per_step")
 
