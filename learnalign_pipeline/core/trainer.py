@@ -44,7 +44,9 @@ def _epoch_batches(ids: Sequence[int], batch_size: int, steps: int, seed: int):
         if len(order) < batch_size:
             epoch = list(ids)
             rng.shuffle(epoch)
-            order.extend(epoch)
+            # A batch straddling two epochs must not hold a problem twice: defer the repeats to later in the epoch.
+            pending = set(order)
+            order.extend([i for i in epoch if i not in pending] + [i for i in epoch if i in pending])
         yield order[:batch_size]
         del order[:batch_size]
 
