@@ -147,7 +147,10 @@ def test_trajectory_recorder_counts_visits_as_epochs_and_table_a_has_one_row_per
     recorder(0, rollouts(["a", "b"], [0.0, 1.0]))
     recorder(1, rollouts(["c", "a"], [1.0, 1.0]))
     matrix = trajectory_matrix(recorder.frame(), ["a", "b", "c"])
-    assert matrix[0].tolist() == [0.0, 1.0] and matrix[1, 0] == 1.0 and math.isnan(matrix[1, 1]) and matrix[2, 0] == 1.0
+    assert matrix.shape == (3, 1) and matrix[:, 0].tolist() == [0.0, 1.0, 1.0]  # epoch 1 covers only a: partial, dropped
+    recorder(2, rollouts(["b", "c"], [0.0, 0.5]))
+    matrix = trajectory_matrix(recorder.frame(), ["a", "b", "c"])
+    assert matrix[:, 1].tolist() == [1.0, 0.0, 0.5]  # second visits form epoch 1 once it is complete
     results = pl.DataFrame({
         "method": ["x", "x", "x", "y"], "budget": [8, 8, 16, 8], "seed": [0, 1, 0, 0],
         "accuracy": [0.5, 0.7, 0.6, 0.4], "noisy_share": [0.0] * 4,

@@ -31,8 +31,17 @@ class TrajectoryRecorder:
 
 
 def trajectory_matrix(trajectory: pl.DataFrame, problem_ids: list[str]) -> torch.Tensor:
-    """[n, E] accuracy per (problem, epoch) in `problem_ids` order; NaN where a problem was not seen that epoch."""
-    epochs = int(trajectory["epoch"].max()) + 1 if trajectory.height else 1
+    """[n, E] accuracy per (problem, epoch) in `problem_ids` order; NaN where a problem was not seen that epoch.
+
+    A trailing epoch that covers fewer problems than the first (the run's last steps spilling into a pass they do
+    not finish) is dropped: LIMR's epochs are whole passes, and a partial last epoch would mark most problems missing.
+    """
+    coverage = trajectory.group_by("epoch").agg(pl.col("problem_id").n_unique().alias("problems")).sort("epoch")
+    full = coverage["problems"].max() if coverage.height else 0
+    while coverage.height > 1 and coverage["problems"][-1] < full:
+        coverage = coverage.head(coverage.height - 1)
+    epochs = coverage.height or 1
+    trajectory = trajectory.filter(pl.col("epoch") < epochs)
     matrix = torch.full((len(problem_ids), epochs), math.nan, dtype=torch.float64)
     row_of = {pid: i for i, pid in enumerate(problem_ids)}
     for pid, epoch, accuracy in trajectory.select("problem_id", "epoch", "accuracy").iter_rows():
