@@ -97,9 +97,8 @@ def plot_accuracy_vs_budget(summary: pl.DataFrame, method_order: list[str], path
             continue
         x, mu, sd = rows["budget"].to_list(), [100 * v for v in rows["mean"]], [100 * v for v in rows["std"]]
         ax.errorbar(x, mu, yerr=sd, marker="o", capsize=3, label=method)
-    for name, value in (baselines or {}).items():
-        ax.axhline(100 * value, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(name, (ax.get_xlim()[0], 100 * value), fontsize=7, color="gray", va="bottom")
+    for (name, value), style in zip((baselines or {}).items(), [":", "--", "-."] * 4):
+        ax.axhline(100 * value, linestyle=style, linewidth=1, color="gray", label=f"{name}: {100 * value:.1f}")
     ax.set_xscale("log", base=2)
     budgets = sorted(summary["budget"].unique().to_list())
     ax.set_xticks(budgets, [str(b) for b in budgets])
