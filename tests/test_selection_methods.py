@@ -159,3 +159,21 @@ def test_trajectory_recorder_counts_visits_as_epochs_and_table_a_has_one_row_per
     table = table_a(summary, ["y", "x"]).splitlines()
     assert table[0] == "| method | N=8 | N=16 |"
     assert table[2] == "| y | 40.0 ± 0.0 |  |" and table[3].startswith("| x | 60.0 ± 14.1 | 60.0 ± 0.0")
+
+
+def test_answer_perplexity_is_exp_mean_nll_of_the_target_tokens(model, tokenizer):
+    from learnalign_pipeline.core.perplexity import answer_perplexity
+    from learnalign_pipeline.core.prompts import render
+
+    prompts, targets = ["What is 2 plus 3?", "Tom has 4 apples and eats 1. How many are left?"], ["5", "4 - 1 = 3. The answer is 3."]
+    conditional, unconditional = answer_perplexity(model, tokenizer, prompts, targets, "qa", batch_size=1)
+    batched, _ = answer_perplexity(model, tokenizer, prompts, targets, "qa", batch_size=2)
+    torch.testing.assert_close(batched, conditional, rtol=1e-4, atol=1e-5)  # padding does not leak into the value
+    for i in range(2):  # by hand: one unpadded forward per row
+        context = tokenizer(render("qa", prompts[i]))["input_ids"]
+        target = tokenizer(" " + targets[i])["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([context + target])).logits[0].float(), -1)
+        nll = -torch.stack([logp[len(context) + j - 1, t] for j, t in enumerate(target)]).mean()
+        assert conditional[i].item() == pytest.approx(math.exp(nll.item()), rel=1e-4)
+    assert (unconditional > 1).all()
