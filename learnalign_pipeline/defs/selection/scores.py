@@ -138,7 +138,6 @@ def selected_subset(
         order = {pid: i for i, pid in enumerate(signals.problem_ids)}
         scores = torch.zeros(len(order), dtype=torch.float64)
         scores[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(alignment_scores["score"].to_numpy(), dtype=torch.float64)
-
         picked = top_n(scores, signals.problem_ids, config.budget)
     else:
         picked, scores = select(config.method, signals, config.budget, config.seed)
