@@ -41,11 +41,14 @@ class RoundSpec:
     seed: int = 0
 
 
-def _features(model, ref_model, tokenizer, problems, rollouts, rates, loss, projector, template, **feature_options) -> torch.Tensor:
-    """Raw projected gradients, zero rows for zero-variance problems; rows follow `rates`."""
+def _features(model, ref_model, tokenizer, problems, rollouts, rates, loss, projector, template, width=None, **feature_options) -> torch.Tensor:
+    """Raw projected gradients, zero rows for zero-variance problems; rows follow `rates`. With no learnable
+    problem at all the rows are zeros of `width` (the other set's width), so the two sets still line up."""
     active = learnable_problems(rates).select("problem_id").join(problems, on="problem_id", how="left", maintain_order="left")
+    if not active.height:
+        return torch.zeros(rates.height, width or 1)
     result = gradient_features(model, ref_model, tokenizer, active, rollouts, loss, projector, template, **feature_options)
-    features = torch.zeros(rates.height, result.features.shape[1] if active.height else 1)
+    features = torch.zeros(rates.height, result.features.shape[1])
     row_of = {pid: i for i, pid in enumerate(rates["problem_id"].to_list())}
     if active.height:
         features[[row_of[p] for p in result.problem_ids]] = result.features
@@ -78,8 +81,10 @@ def score_chunk(
     chunk_rollouts = sample(chunk, spec.candidate_samples, 0)
     val_rollouts = sample(validation, spec.validation_samples, 1)
     chunk_rates, val_rates = success_rates(chunk_rollouts), success_rates(val_rollouts)
-    features = _features(model, ref_model, tokenizer, chunk, chunk_rollouts, chunk_rates, loss, projector, template, **feature_options)
     val_features = _features(model, ref_model, tokenizer, validation, val_rollouts, val_rates, loss, projector, template, **feature_options)
+    features = _features(model, ref_model, tokenizer, chunk, chunk_rollouts, chunk_rates, loss, projector, template, val_features.shape[1], **feature_options)
+    if val_features.shape[1] != features.shape[1]:  # only validation was empty: zeros of the candidates' width
+        val_features = torch.zeros(val_features.shape[0], features.shape[1])
     unit, norms = unit_rows(features)
     ids = chunk_rates["problem_id"].to_list()
     signals = SelectionSignals(
@@ -95,4 +100,5 @@ def score_chunk(
         pl.Series("score", scores.double().numpy()),
         pl.Series("selected", [i in picked for i in range(len(ids))]),
         pl.lit(float(val_rates["success_rate"].mean())).alias("validation_accuracy"),
+        pl.lit(int((val_features.norm(dim=1) > 0).sum())).alias("validation_with_gradient"),
     )

@@ -84,6 +84,7 @@ def _round_assets(r: int) -> list:
             selected=chosen.height,
             mean_success_rate_selected=float(chosen["success_rate"].mean()) if chosen.height else None,
             validation_accuracy=float(scored["validation_accuracy"][0]) if scored.height else None,
+            validation_with_gradient=int(scored["validation_with_gradient"][0]) if scored.height else 0,  # 0: every score is 0, ties by id
             scored_with=start.path.name,
             top=dg.MetadataValue.md(markdown_table(chosen.select("problem_id", "score", "success_rate"), max_rows=10)),
         )
