@@ -22,13 +22,12 @@ from ...core.generation import SamplingSpec, TransformersBackend
 from ...core.policy import load_policy
 from ...core.selection_methods import METHODS, select
 from ...core.trainer import train_grpo
-from ..constants import gpu_step
 from ..metadata import markdown_table
 from ..policy.grpo_config import GRPOStageConfig
 from ..resources import GRPOLoss, TaskSettings, project_home
 from ..selection.scores import pool_signals, selection_frame
 from ..versioning import versioned
-from .signals import GROUP
+from .signals import GROUP, MANUAL, manual_step
 
 # Table A's rows in this order (methods not run are skipped).
 METHOD_ORDER = list(METHODS)
@@ -40,7 +39,7 @@ class SubsetsConfig(dg.Config):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds (they change the random and accuracy_band draws)")
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"})
+@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
 def comparison_subsets(
     config: SubsetsConfig,
     raw_problems: pl.DataFrame,
@@ -110,7 +109,7 @@ def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, veri
     return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_problems": result.num_problems}
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step("transformers", "duckdb"))
+@dg.asset(group_name=GROUP, code_version="1", **manual_step("transformers", "duckdb"))
 def comparison_results(
     context: dg.AssetExecutionContext,
     config: ComparisonConfig,
@@ -186,7 +185,7 @@ class ReportConfig(dg.Config):
     png_dir: str | None = Field(default=None, description="also write the plot here (e.g. docs/); default: only under LEARNALIGN_HOME")
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"})
+@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
 def comparison_report(config: ReportConfig, comparison_results: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Table A in miniature (rows: methods, columns: budgets, mean ± std over seeds in accuracy points) and a
     plot of accuracy against budget per method, as asset metadata and as a PNG."""

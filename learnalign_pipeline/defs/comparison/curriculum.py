@@ -11,13 +11,12 @@ from pydantic import Field
 from ...core.artifacts import Checkpoint, TensorBundle
 from ...core.curriculum import RoundSpec, curriculum_chunk, score_chunk
 from ...core.policy import load_policy
-from ..constants import gpu_step
 from ..metadata import markdown_table
 from ..policy.checkpoints import grpo_stage
 from ..policy.grpo_config import GRPOStageConfig
 from ..resources import ArtifactStore, GRPOLoss, TaskSettings
 from ..versioning import versioned
-from .signals import pool_gradient_config
+from .signals import manual_step, pool_gradient_config
 
 GROUP = "curriculum"
 ROUNDS = 2  # rounds defined as assets; more rounds = a larger constant (each round is two assets)
@@ -51,7 +50,7 @@ def _round_assets(r: int) -> list:
         code_version="1",
         ins={"start": dg.AssetIn(previous)},
         description=f"Round {r}: chunk {r - 1} of the pool scored with {previous}; the top M/q are selected.",
-        **gpu_step(),
+        **manual_step(),
     )
     def selection(
         config: CurriculumSelectionConfig,
@@ -95,7 +94,7 @@ def _round_assets(r: int) -> list:
         code_version="1",
         ins={"start": dg.AssetIn(previous), "round_selection": dg.AssetIn(selection_name)},
         description=f"Round {r}: {previous} after T GRPO steps on {selection_name}.",
-        **gpu_step("transformers"),
+        **manual_step("transformers"),
     )
     def policy(
         context: dg.AssetExecutionContext,

@@ -38,6 +38,19 @@ from ..selection.gradients import GradientConfig
 from ..versioning import versioned
 
 GROUP = "comparison"
+# Run on demand (`learnalign compare`, `learnalign curriculum`), never by automation: they train dozens of policies.
+MANUAL = {"learnalign/automation": "manual"}
+
+
+def manual_step(*kinds: str) -> dict:
+    """gpu_step's keyword arguments with the manual-automation tag added."""
+    step = gpu_step(*kinds)
+    return {**step, "tags": {**step["tags"], **MANUAL}}
+
+
+def manual_asset(*kinds: str) -> dict:
+    out = gpu_asset(*kinds)
+    return {**out, "tags": {**out["tags"], **MANUAL}}
 
 
 def pool_gradient_config(projected_gradients: TensorBundle) -> GradientConfig:
@@ -68,7 +81,7 @@ class ValidationConfig(dg.Config):
     seed: int = Field(default=0, description="seed of the held-out draw")
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"})
+@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
 def validation_problems(config: ValidationConfig, benchmark_problems: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """A seeded slice of the benchmark (clean gold); comparison evaluations leave these problems out."""
     frame = benchmark_problems.sample(n=min(config.size, benchmark_problems.height), seed=config.seed, shuffle=True)
@@ -80,7 +93,7 @@ class ValidationGradientConfig(dg.Config):
     seed: int = Field(default=0, description="base sampling seed")
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step())
+@dg.asset(group_name=GROUP, code_version="1", **manual_step())
 def validation_gradients(
     config: ValidationGradientConfig,
     task: TaskSettings,
@@ -116,7 +129,7 @@ class ColdStartConfig(dg.Config):
     seed: int = Field(default=0, description="base sampling seed")
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step())
+@dg.asset(group_name=GROUP, code_version="1", **manual_step())
 def cold_start_signals(
     config: ColdStartConfig,
     task: TaskSettings,
@@ -144,7 +157,7 @@ def cold_start_signals(
     return versioned(bundle, problems=rates.height, learnable_share=float((norms > 0).float().mean()), mean_success_rate=float(rates["success_rate"].mean()))
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step())
+@dg.asset(group_name=GROUP, code_version="1", **manual_step())
 def answer_perplexity(task: TaskSettings, raw_problems: pl.DataFrame, warmup_policy: Checkpoint) -> dg.Output[pl.DataFrame]:
     """Per pool problem: perplexity of its reference answer (worked solution when the source has one, else the
     gold answer) under the warm-up policy, with and without the question; IFD is their ratio."""
@@ -169,8 +182,8 @@ class FullDataConfig(GRPOStageConfig):
 @dg.multi_asset(
     group_name=GROUP,
     outs={
-        "full_data_policy": dg.AssetOut(code_version="1", description="GRPO on the full pool for `epochs` epochs.", **gpu_asset("transformers")),
-        "limr_trajectories": dg.AssetOut(code_version="1", description="Per (problem, epoch): accuracy of its rollouts in that epoch's visit.", kinds={"polars"}),
+        "full_data_policy": dg.AssetOut(code_version="1", description="GRPO on the full pool for `epochs` epochs.", **manual_asset("transformers")),
+        "limr_trajectories": dg.AssetOut(code_version="1", description="Per (problem, epoch): accuracy of its rollouts in that epoch's visit.", kinds={"polars"}, tags=MANUAL),
     },
     **gpu_op(),
 )
