@@ -13,7 +13,7 @@ import torch
 from learnalign_pipeline.core.artifacts import Checkpoint, TensorBundle, read_artifact, tree_digest
 from learnalign_pipeline.core.policy import load_policy
 from learnalign_pipeline.core.schema import PROBLEM_SCHEMA
-from learnalign_pipeline.defs.presets import SMOKE
+from learnalign_pipeline.defs.presets import SMOKE, SMOKE_COMPARISON, SMOKE_CURRICULUM
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,8 @@ def materialized(tmp_path_factory):
             assert result.success
             events = {
                 key.to_user_string(): instance.get_latest_materialization_event(key).asset_materialization
-                for key in definitions.resolve_asset_graph().materializable_asset_keys  # observable sources are observed, not materialized
+                for key in definitions.resolve_job_def("learnalign_job").asset_layer.executable_asset_keys
+                if key in definitions.resolve_asset_graph().materializable_asset_keys  # sources are observed, not materialized
             }
             yield home, events, instance
 
@@ -136,3 +137,53 @@ def test_rematerializing_gives_identical_data_versions(materialized, tmp_path):
     for key in selection:
         again = instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization
         assert again.tags["dagster/data_version"] == events[key].tags["dagster/data_version"], key
+
+
+def test_comparison_job_selects_trains_and_reports_every_method(materialized):
+    """The comparison job on the smoke graph: rollouts and gradients are reused (not rematerialized), every
+    (method, budget, seed) gets the same steps, results land in DuckDB, the report has the table and a PNG."""
+    home, events, instance = materialized
+    from learnalign_pipeline.definitions import defs
+
+    job = defs().resolve_job_def("selection_comparison_job")
+    assert "rollouts" not in {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    reused = ["rollouts", "success_rates", "projected_gradients"]  # computed by learnalign_job, only read here
+    count = lambda name: len(instance.fetch_materializations(dg.AssetKey(name), limit=100).records)  # noqa: E731
+    before = {name: count(name) for name in reused}
+    assert job.execute_in_process(run_config=SMOKE_COMPARISON, instance=instance).success
+    latest = lambda name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization  # noqa: E731
+    assert {name: count(name) for name in reused} == before
+    subsets = _load(latest("comparison_subsets"))
+    pool = _load(events["raw_problems"])
+    assert subsets.filter((pl.col("method") == "full_data"))["problem_id"].n_unique() == pool.height
+    sizes = subsets.filter(pl.col("method") != "full_data").group_by("method", "budget", "seed").len()
+    assert (sizes["len"] == sizes["budget"]).all() and sizes["method"].n_unique() == 17
+    results = _load(latest("comparison_results"))
+    runs = results.filter(pl.col("method").is_in(["learnalign", "gradalign", "limr", "full_data"]))
+    assert runs.height == 4 * 2 * 2 and set(runs["steps"]) == {2}
+    assert ((runs["accuracy"] >= 0) & (runs["accuracy"] <= 1)).all() and set(runs["num_problems"]) == {20}
+    full = runs.filter(pl.col("method") == "full_data").sort("seed", "budget")
+    assert full["accuracy"].to_list()[0] == full["accuracy"].to_list()[1]  # one full-data run per seed, shared by budgets
+    stored = duckdb.connect(str(home / "results.duckdb"), read_only=True).execute("SELECT count(*) FROM selection_comparison").fetchone()[0]
+    assert stored == results.height
+    report = latest("comparison_report")
+    assert "| learnalign |" in report.metadata["table_a"].value and "data:image/png;base64," in report.metadata["plot"].value
+    assert Path(report.metadata["plot_path"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curriculum_runs_two_rounds_with_distinct_checkpoints(materialized):
+    _, events, instance = materialized
+    from learnalign_pipeline.definitions import defs
+
+    assert defs().resolve_job_def("gradalign_curriculum_job").execute_in_process(run_config=SMOKE_CURRICULUM, instance=instance).success
+    latest = lambda name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization  # noqa: E731
+    selections = [_load(latest(f"curriculum_selection_{r}")) for r in (1, 2)]
+    policies = [_load(latest(f"curriculum_policy_{r}")) for r in (1, 2)]
+    digests = [tree_digest(p.path) for p in policies] + [events["warmup_policy"].metadata["sha256"].value]
+    assert len(set(digests)) == 3  # each round's checkpoint differs from the last and from the start
+    assert selections[0]["scored_with"][0] == _load(events["warmup_policy"]).path.name
+    assert selections[1]["scored_with"][0] == policies[0].path.name  # round 2 scored with round 1's policy
+    assert [int(s["selected"].sum()) for s in selections] == [8, 8]
+    assert not set(selections[0]["problem_id"]) & set(selections[1]["problem_id"])  # a new chunk each round
+    trained_on = json.loads((policies[1].path / "training_config.json").read_text())["subset_ids"]
+    assert sorted(trained_on) == sorted(selections[1].filter(pl.col("selected"))["problem_id"].to_list())

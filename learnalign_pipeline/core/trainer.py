@@ -45,7 +45,9 @@ def _epoch_batches(ids: Sequence[int], batch_size: int, steps: int, seed: int):
         if len(order) < batch_size:
             epoch = list(ids)
             rng.shuffle(epoch)
-            order.extend(epoch)
+            # A batch straddling two epochs must not hold a problem twice: defer the repeats to later in the epoch.
+            pending = set(order)
+            order.extend([i for i in epoch if i not in pending] + [i for i in epoch if i in pending])
         yield order[:batch_size]
         del order[:batch_size]
 
@@ -59,13 +61,15 @@ def train_grpo(
     log: Callable[[dict], None] | None = None,
     resume: ResumeDirectory | None = None,
     checkpoint_every: int = 0,
+    on_rollouts: Callable[[int, pl.DataFrame], None] | None = None,
 ) -> list[dict]:
     """Train `model` in place on `problems`; the reference for the KL term is a frozen copy of the start.
 
     With `resume`, the full training state is saved there after every `checkpoint_every` steps, and training
     continues from the newest saved state it finds; `model` must then be the same start model, and the result
     is bitwise the one of an uninterrupted run (same thread count); `resume.resumed_from_step` says where it
-    started.
+    started. `on_rollouts(step, rollouts)` sees every step's rewarded rollouts (LIMR's per-problem accuracy
+    trajectory).
     """
     if problems.height == 0:
         raise ValueError("GRPO needs at least one problem")
@@ -88,6 +92,8 @@ def train_grpo(
         rollouts = sample_rollouts(
             backend, batch_problems, config.sampling, verifier, config.template, base_seed=config.seed * 1_000_003 + step
         )
+        if on_rollouts:
+            on_rollouts(step, rollouts)
         batch = to_rollout_batch(
             batch_problems, rollouts, tokenizer, config.template, config.loss.scale_rewards, config.loss.advantage_eps
         )

@@ -23,6 +23,30 @@ SMOKE: dict = {
     "resources": {"task": {"config": {"max_new_tokens": 16}}},
 }
 
+# The comparison and curriculum jobs on top of a SMOKE run (same task settings), in seconds: for tests only.
+SMOKE_COMPARISON: dict = {
+    "ops": {
+        "validation_problems": {"config": {"size": 8}},
+        "validation_gradients": {"config": {"num_samples": 4}},
+        "cold_start_signals": {"config": {"num_samples": 4}},
+        "full_data_run": {"config": {"epochs": 2, "problems_per_step": 40, "num_samples": 4}},
+        "comparison_subsets": {"config": {"budgets": [8, 16], "seeds": [0, 1]}},
+        "comparison_results": {
+            "config": {"methods": ["learnalign", "gradalign", "limr", "full_data"], "steps": 2, "problems_per_step": 8, "num_samples": 4, "eval_problems": 20}
+        },
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
+SMOKE_CURRICULUM: dict = {
+    "ops": {
+        "validation_problems": {"config": {"size": 8}},
+        **{f"curriculum_selection_{r}": {"config": {"chunk_size": 24, "keep": 8, "candidate_samples": 4, "validation_samples": 4}} for r in (1, 2)},
+        **{f"curriculum_policy_{r}": {"config": {"steps": 2, "problems_per_step": 8, "num_samples": 4}} for r in (1, 2)},
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
 GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
 
 # LearnAlign's GSM8K setup, for a GPU: pool = GSM8K train, benchmark = GSM8K test, warm-up on 300 random pool
@@ -49,4 +73,6 @@ GSM8K_GPU: dict = {
     },
 }
 
-PRESETS: dict[str, dict] = {"smoke": SMOKE, "demo": {}, "gsm8k_gpu": GSM8K_GPU}
+PRESETS: dict[str, dict] = {
+    "smoke": SMOKE, "demo": {}, "gsm8k_gpu": GSM8K_GPU, "smoke_comparison": SMOKE_COMPARISON, "smoke_curriculum": SMOKE_CURRICULUM,
+}

@@ -6,6 +6,7 @@ and the observable sources in `sources.py` watch, so an edit to it re-runs these
 location and reason; `checks.py` fails the run when too many were rejected.
 """
 
+import dataclasses
 from typing import Literal
 
 import dagster as dg
@@ -14,6 +15,7 @@ from pydantic import Field
 
 from ...core.arithmetic import arithmetic_frame
 from ...core.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceSpec, load_problems
+from ...core.noise import NoiseKind, mark_noisy
 from ..metadata import markdown_table, problem_summary
 from ..versioning import versioned
 from .sources import DatasetFiles, benchmark_dataset, pool_dataset
@@ -64,6 +66,9 @@ class PoolConfig(ProblemSourceConfig):
 
     num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
+    noisy_share: float = Field(default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)")
+    noise_kind: NoiseKind = Field(default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold")
+    noise_seed: int = Field(default=0, description="seed choosing the noisy problems")
 
 
 def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclude_ids: frozenset[str]) -> LoadResult:
@@ -109,7 +114,7 @@ def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfi
 
 @dg.multi_asset(
     outs={
-        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="3", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
+        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="4", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
         "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
     },
     deps=[pool_dataset],
@@ -121,6 +126,8 @@ def raw_problems(
 ):
     path = config.file_path("pool", datasets)
     result = _load(config, datasets, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
+    if config.noisy_share:  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share
+        result = dataclasses.replace(result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed))
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
     if "raw_problems" in context.selected_output_names:
         yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config, path), **problem_summary(result.problems))

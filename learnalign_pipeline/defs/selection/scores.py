@@ -2,6 +2,7 @@
 
 
 import json
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -9,7 +10,9 @@ import torch
 from pydantic import Field
 
 from ...core.artifacts import TensorBundle
+from ...core.noise import noisy_flags
 from ...core.scoring import alignment_matrix, learnability, learnalign_scores, top_n
+from ...core.selection_methods import METHODS, SelectionSignals, select
 from ..metadata import markdown_table
 from ..versioning import versioned
 
@@ -65,21 +68,87 @@ def alignment(config: AlignmentConfig, learnability_scores: pl.DataFrame, projec
         yield versioned(bundle, output_name="alignment_matrix", problems=len(ids))
 
 
+def pool_signals(success_rates: pl.DataFrame, projected_gradients: TensorBundle, **optional) -> SelectionSignals:
+    """The per-problem signals every pool-only method needs, rows in `success_rates` order; `optional` adds
+    validation gradients, LIMR trajectories, cold-start features or perplexities (see SelectionSignals)."""
+    ids = success_rates["problem_id"].to_list()
+    if json.loads(projected_gradients.metadata["problem_ids"]) != ids:
+        raise ValueError("projected_gradients rows do not follow success_rates; rematerialize both")
+    return SelectionSignals(
+        problem_ids=ids,
+        success_rate=torch.tensor(success_rates["success_rate"].to_numpy(), dtype=torch.float64),
+        unit_features=projected_gradients.tensors["unit_features"].float(),
+        norms=projected_gradients.tensors["norms"].float(),
+        response_tokens=torch.tensor(success_rates["mean_completion_tokens"].to_numpy(), dtype=torch.float64),
+        **optional,
+    )
+
+
+def selection_frame(signals: SelectionSignals, picked: list[int], scores: torch.Tensor, raw_problems: pl.DataFrame) -> pl.DataFrame:
+    """The selected problems, best first: rank, score, success rate, the pool row and whether its gold is noisy."""
+    chosen = pl.DataFrame(
+        {
+            "problem_id": [signals.problem_ids[i] for i in picked],
+            "rank": list(range(1, len(picked) + 1)),
+            "score": [float(scores[i]) for i in picked],
+            "success_rate": [float(signals.success_rate[i]) for i in picked],
+        },
+        schema={"problem_id": pl.String, "rank": pl.Int64, "score": pl.Float64, "success_rate": pl.Float64},
+    )
+    subset = chosen.join(raw_problems, on="problem_id", how="left", maintain_order="left")
+    return subset.with_columns(noisy_flags(subset))
+
+
+SelectionMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+# Methods whose signals come from the comparison group's assets, not from this stage's inputs.
+COMPARISON_ONLY = {
+    "gradalign", "gradalign_dot", "gradalign_unit_mean", "gradalign_learnability", "gradalign_bottom",
+    "learnalign_no_warmup", "limr", "perplexity_top", "ifd",
+}
+
+
 class SelectionConfig(dg.Config):
     budget: int = Field(default=256, description="N: problems selected for RL training")
+    method: SelectionMethod = Field(
+        default="learnalign",
+        description=(
+            "scoring rule (core/selection_methods.py, each documented with its formula): learnalign (default), "
+            "learnalign_no_learnability, learnalign_dot, random, accgreedy, accuracy_band, gradient_norm, "
+            "response_length, full_data here; gradalign*, learnalign_no_warmup, limr, perplexity_top and ifd need "
+            "the signals of the `comparison` group and are selected by its `comparison_subsets` asset"
+        ),
+    )
+    seed: int = Field(default=0, description="seed of the random and accuracy_band draws")
 
 
-@dg.asset(group_name="selection", code_version="1", kinds={"polars"})
-def selected_subset(config: SelectionConfig, alignment_scores: pl.DataFrame, raw_problems: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-    """The top-N problems by LearnAlign score (ties broken by problem id), with their rank and score."""
-    picked = top_n(torch.tensor(alignment_scores["score"].to_numpy()), alignment_scores["problem_id"].to_list(), config.budget)
-    chosen = alignment_scores[picked].with_columns(pl.int_range(1, len(picked) + 1).alias("rank"))
-    subset = chosen.join(raw_problems, on="problem_id", how="left", maintain_order="left")
+@dg.asset(group_name="selection", code_version="2", kinds={"polars"})
+def selected_subset(
+    config: SelectionConfig,
+    alignment_scores: pl.DataFrame,
+    success_rates: pl.DataFrame,
+    projected_gradients: TensorBundle,
+    raw_problems: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    """The top-N problems by the configured method's score (ties broken by problem id), with rank, score and a
+    `noisy` flag (problems whose gold answer the pool config corrupted)."""
+    if config.method in COMPARISON_ONLY:
+        raise ValueError(f"method {config.method!r} needs signals from the comparison group: use comparison_subsets")
+    signals = pool_signals(success_rates, projected_gradients)
+    if config.method == "learnalign":  # the stage's own alignment asset (include_self etc. configured there)
+        order = {pid: i for i, pid in enumerate(signals.problem_ids)}
+        scores = torch.zeros(len(order), dtype=torch.float64)
+        scores[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(alignment_scores["score"].to_numpy(), dtype=torch.float64)
+        picked = top_n(scores, signals.problem_ids, config.budget)
+    else:
+        picked, scores = select(config.method, signals, config.budget, config.seed)
+    subset = selection_frame(signals, picked, scores, raw_problems)
     by_category = subset.group_by("category").len().sort("category")
     return versioned(
         subset,
+        method=config.method,
         budget=config.budget,
         selected=subset.height,
+        noisy_share=float(subset["noisy"].mean()) if subset.height else 0.0,
         mean_success_rate=float(subset["success_rate"].mean()) if subset.height else None,
         category_counts=dg.MetadataValue.json(dict(zip(by_category["category"].to_list(), by_category["len"].to_list()))),
         top=dg.MetadataValue.md(markdown_table(subset.select("rank", "problem_id", "score", "success_rate", "prompt"), max_rows=10)),

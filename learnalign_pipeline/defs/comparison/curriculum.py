@@ -1,0 +1,116 @@
+"""GradAlign's adaptive curriculum as assets: round r's selection (`curriculum_selection_r`: a chunk of M pool
+problems scored with round r-1's policy against the trusted validation gradient, top M/q kept) and round r's
+checkpoint (`curriculum_policy_r`: T GRPO steps on that selection). Round 1 starts from the warm-up policy, so
+the lineage reads warm-up -> selection 1 -> policy 1 -> selection 2 -> policy 2 -> ..."""
+
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from ...core.artifacts import Checkpoint, TensorBundle
+from ...core.curriculum import RoundSpec, curriculum_chunk, score_chunk
+from ...core.policy import load_policy
+from ..metadata import markdown_table
+from ..policy.checkpoints import grpo_stage
+from ..policy.grpo_config import GRPOStageConfig
+from ..resources import ArtifactStore, GRPOLoss, TaskSettings
+from ..versioning import versioned
+from .signals import manual_step, pool_gradient_config
+
+GROUP = "curriculum"
+ROUNDS = 2  # rounds defined as assets; more rounds = a larger constant (each round is two assets)
+
+
+class CurriculumSelectionConfig(dg.Config):
+    """One GradAlign selection round (README notation: M, q, k_r, k_v)."""
+
+    chunk_size: int = Field(default=256, description="M: candidates scored this round")
+    keep: int = Field(default=32, description="M/q: candidates kept for this round's training")
+    candidate_samples: int = Field(default=8, description="k_r: rollouts per candidate")
+    validation_samples: int = Field(default=8, description="k_v: rollouts per validation problem")
+    method: str = Field(default="gradalign", description="a validation-aware rule: gradalign, gradalign_dot, gradalign_unit_mean, gradalign_learnability")
+    seed: int = Field(default=42, description="seed of the pool shuffle (GradAlign: 42) and of the rollouts")
+
+
+class CurriculumTrainConfig(GRPOStageConfig):
+    """T GRPO steps on the round's selection."""
+
+    steps: int = Field(default=8, description="T: GRPO steps per round")
+    problems_per_step: int = Field(default=16, description="problems per step")
+
+
+def _round_assets(r: int) -> list:
+    previous = "warmup_policy" if r == 1 else f"curriculum_policy_{r - 1}"
+    selection_name, policy_name = f"curriculum_selection_{r}", f"curriculum_policy_{r}"
+
+    @dg.asset(
+        name=selection_name,
+        group_name=GROUP,
+        code_version="1",
+        ins={"start": dg.AssetIn(previous)},
+        description=f"Round {r}: chunk {r - 1} of the pool scored with {previous}; the top M/q are selected.",
+        **manual_step(),
+    )
+    def selection(
+        config: CurriculumSelectionConfig,
+        task: TaskSettings,
+        grpo_loss: GRPOLoss,
+        raw_problems: pl.DataFrame,
+        validation_problems: pl.DataFrame,
+        projected_gradients: TensorBundle,
+        pretrained_policy: Checkpoint,
+        start: Checkpoint,
+    ) -> dg.Output[pl.DataFrame]:
+        ids = curriculum_chunk(raw_problems["problem_id"].to_list(), config.chunk_size, r - 1, config.seed)
+        chunk = raw_problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
+        model, tokenizer = load_policy(start.path)
+        loss = grpo_loss.config(task.max_new_tokens)
+        reference = load_policy(pretrained_policy.path)[0] if loss.beta else None
+        spec = RoundSpec(config.candidate_samples, config.validation_samples, config.keep, config.method, config.seed)
+        features = pool_gradient_config(projected_gradients)  # same projector (and seed) and scope as the pool's
+        scored = score_chunk(
+            model, reference, tokenizer, chunk, validation_problems, task.make_verifier(), loss,
+            features.projector(), task.prompt_format(), spec, task.max_new_tokens, r - 1,
+            scope=features.scope, last_blocks=features.last_blocks, problems_per_batch=features.problems_per_batch,
+        )
+        scored = scored.with_columns(pl.lit(r).alias("round"), pl.lit(start.path.name).alias("scored_with"))
+        chosen = scored.filter(pl.col("selected")).sort("score", "problem_id", descending=[True, False])
+        return versioned(
+            scored,
+            round=r,
+            candidates=scored.height,
+            selected=chosen.height,
+            mean_success_rate_selected=float(chosen["success_rate"].mean()) if chosen.height else None,
+            validation_accuracy=float(scored["validation_accuracy"][0]) if scored.height else None,
+            validation_with_gradient=int(scored["validation_with_gradient"][0]) if scored.height else 0,  # 0: every score is 0, ties by id
+            scored_with=start.path.name,
+            top=dg.MetadataValue.md(markdown_table(chosen.select("problem_id", "score", "success_rate"), max_rows=10)),
+        )
+
+    @dg.asset(
+        name=policy_name,
+        group_name=GROUP,
+        code_version="1",
+        ins={"start": dg.AssetIn(previous), "round_selection": dg.AssetIn(selection_name)},
+        description=f"Round {r}: {previous} after T GRPO steps on {selection_name}.",
+        **manual_step("transformers"),
+    )
+    def policy(
+        context: dg.AssetExecutionContext,
+        config: CurriculumTrainConfig,
+        task: TaskSettings,
+        grpo_loss: GRPOLoss,
+        store: ArtifactStore,
+        raw_problems: pl.DataFrame,
+        start: Checkpoint,
+        round_selection: pl.DataFrame,
+    ) -> dg.Output[Checkpoint]:
+        chosen = round_selection.filter(pl.col("selected")).select("problem_id")
+        problems = chosen.join(raw_problems, on="problem_id", how="left", maintain_order="left")
+        return grpo_stage(context, config, task, grpo_loss, store, start, problems, round=r, subset_ids=chosen["problem_id"].to_list())
+
+    return [selection, policy]
+
+
+curriculum_assets = [a for r in range(1, ROUNDS + 1) for a in _round_assets(r)]
