@@ -16,12 +16,19 @@ HEAVY_OPS = ["pretrained_policy", "warmup_policy", "rollouts_and_success_rates",
 def test_accelerator_steps_request_a_gpu_from_kubernetes():
     job = defs().resolve_job_def("learnalign_job")
     for name in HEAVY_OPS:
-        node = job.graph.node_named(name)
-        k8s = json.loads(node.definition.tags["dagster-k8s/config"])  # op tags are stored as JSON strings
-        resources = k8s["container_config"]["resources"]
-        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1", name
-        assert any(t["key"] == "nvidia.com/gpu" for t in k8s["pod_spec_config"]["tolerations"]), name
-        assert node.definition.pool == "gpu", name
+        definition = job.graph.node_named(name).definition
+        # Sharded stages are graphs: their shard steps use the accelerator, their plan and collect steps do not.
+        steps = [n.definition for n in definition.nodes if "shard_" in n.name] if isinstance(definition, dg.GraphDefinition) else [definition]
+        assert steps, name
+        for step in steps:
+            k8s = json.loads(step.tags["dagster-k8s/config"])  # op tags are stored as JSON strings
+            resources = k8s["container_config"]["resources"]
+            assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1", name
+            assert any(t["key"] == "nvidia.com/gpu" for t in k8s["pod_spec_config"]["tolerations"]), name
+            assert step.pool == "gpu", name
+        if isinstance(definition, dg.GraphDefinition):
+            plain = [n.definition for n in definition.nodes if "shard_" not in n.name]
+            assert plain and all("dagster-k8s/config" not in d.tags and d.pool is None for d in plain), name
     cpu_only = {"learnability_scores", "selected_subset"}
     for name in cpu_only:
         assert "dagster-k8s/config" not in job.graph.node_named(name).definition.tags, name
@@ -40,7 +47,10 @@ def test_automation_is_on_by_default_and_every_asset_has_a_condition():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert definitions.resolve_schedule_def("periodic_reselection").default_status == dg.DefaultScheduleStatus.RUNNING
     graph = definitions.resolve_asset_graph()
-    labels = {k.to_user_string(): graph.get(k).automation_condition.get_label() for k in graph.get_all_asset_keys()}
+    manual = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).tags.get("learnalign/automation") == "manual"}
+    assert "comparison_report" in manual and "selected_subset" not in manual  # the comparison is run by people
+    assert all(graph.get(dg.AssetKey(k)).automation_condition is None for k in manual)
+    labels = {k.to_user_string(): graph.get(k).automation_condition.get_label() for k in graph.get_all_asset_keys() if k.to_user_string() not in manual}
     assert labels["pool_dataset"].startswith("on_cron") and labels["benchmark_dataset"].startswith("on_cron")
     assert labels["selected_subset"] == labels["rollouts"] == labels["raw_problems"] == "reselect_on_change"
-    assert labels["trained_policy"].startswith("changed_in_window") and labels["benchmark_results"].startswith("changed_in_window")
+    assert labels["warmup_policy"].startswith("changed_in_window") and labels["trained_policy"].startswith("changed_in_window") and labels["benchmark_results"].startswith("changed_in_window")
