@@ -61,7 +61,12 @@ def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("sharded_home")
     dagster_home = home / "dagster_home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # No compute-log capture: on Dask workers the local compute log manager's `tail -F` clean-up can wait forever
+    # at the end of a step (seen in CI: the step finished, the worker thread stayed in Popen.wait on tail).
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEARNALIGN_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(dagster_home))
