@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .prompts import PromptFormat, render
+from .trainer import target_batch
 
 
 @torch.no_grad()
@@ -19,16 +20,8 @@ def answer_perplexity(model, tokenizer, prompts: list[str], targets: list[str], 
     for contexts in (conditional, [bos] * len(targets)):
         values = []
         for start in range(0, len(targets), batch_size):
-            rows = range(start, min(start + batch_size, len(targets)))
-            seqs = [contexts[r] + target_ids[r] for r in rows]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            labels = torch.full((len(seqs), width), -100)
-            for i, (r, seq) in enumerate(zip(rows, seqs)):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-                labels[i, len(contexts[r]) : len(seq)] = torch.tensor(target_ids[r])
+            rows = slice(start, start + batch_size)
+            ids, mask, labels = target_batch(contexts[rows], target_ids[rows], tokenizer.pad_token_id)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             shifted = labels[:, 1:]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted.clamp(min=0), reduction="none")

@@ -157,6 +157,21 @@ class SFTConfig:
     seed: int = 0
 
 
+def target_batch(contexts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) for context + target sequences; labels are -100 outside
+    the target, so a causal-LM loss scores the target tokens only (supervised pre-training, answer perplexity)."""
+    seqs = [c + t for c, t in zip(contexts, targets)]
+    width = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), width), pad_id)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100)
+    for i, (context, seq) in enumerate(zip(contexts, seqs)):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention_mask[i, : len(seq)] = 1
+        labels[i, len(context) : len(seq)] = torch.tensor(seq[len(context) :])
+    return input_ids, attention_mask, labels
+
+
 def supervised_pretrain(
     model, tokenizer, prompts: Sequence[str], targets: Sequence[str], config: SFTConfig, log: Callable[[dict], None] | None = None
 ) -> list[dict]:
@@ -171,15 +186,7 @@ def supervised_pretrain(
     model.train()
     history = []
     for step, rows in enumerate(_epoch_batches(range(len(prompts)), config.batch_size, config.steps, config.seed)):
-        seqs = [prompt_ids[r] + target_ids[r] for r in rows]
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100)
-        for i, (r, seq) in enumerate(zip(rows, seqs)):
-            input_ids[i, : len(seq)] = torch.tensor(seq)
-            attention_mask[i, : len(seq)] = 1
-            labels[i, len(prompt_ids[r]) : len(seq)] = torch.tensor(target_ids[r])
+        input_ids, attention_mask, labels = target_batch([prompt_ids[r] for r in rows], [target_ids[r] for r in rows], tokenizer.pad_token_id)
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
