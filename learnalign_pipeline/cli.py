@@ -77,31 +77,32 @@ def run_demo(run_config: dict | None = None, job=learnalign_job) -> bool:
     return True
 
 
-def latest_benchmark_table() -> str:
+def latest_metadata(asset: str) -> dict | None:
+    """The metadata of an asset's latest materialization on this project's instance, or None."""
     import dagster as dg
 
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return None if event is None or event.asset_materialization is None else event.asset_materialization.metadata
+
+
+def latest_benchmark_table() -> str:
     from .core.artifacts import read_artifact
     from .defs.metadata import markdown_table
 
-    with dg.DagsterInstance.get() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("benchmark_results"))
-        if event is None or event.asset_materialization is None:
-            return "benchmark_results has not been materialized yet: run `learnalign demo`"
-        metadata = event.asset_materialization.metadata
-        table = read_artifact(Path(metadata["path"].value), metadata["sha256"].value)
-        columns = ["policy", "benchmark", "num_problems", "num_correct", "accuracy", "decoding", "template", "verifier", "backend"]
-        return markdown_table(table.select(columns)) + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
+    metadata = latest_metadata("benchmark_results")
+    if metadata is None:
+        return "benchmark_results has not been materialized yet: run `learnalign demo`"
+    table = read_artifact(Path(metadata["path"].value), metadata["sha256"].value)
+    columns = ["policy", "benchmark", "num_problems", "num_correct", "accuracy", "decoding", "template", "verifier", "backend"]
+    return markdown_table(table.select(columns)) + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
 
 
 def latest_comparison_table() -> str:
-    import dagster as dg
-
-    with dg.DagsterInstance.get() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("comparison_report"))
-        if event is None or event.asset_materialization is None:
-            return "comparison_report has not been materialized yet: run `learnalign compare`"
-        metadata = event.asset_materialization.metadata
-        return f"{metadata['table_a'].value}\n\nplot: {metadata['plot_path'].value}"
+    metadata = latest_metadata("comparison_report")
+    if metadata is None:
+        return "comparison_report has not been materialized yet: run `learnalign compare`"
+    return f"{metadata['table_a'].value}\n\nplot: {metadata['plot_path'].value}"
 
 
 def main(argv: list[str] | None = None) -> int:
