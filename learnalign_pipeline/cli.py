@@ -8,7 +8,7 @@
     learnalign curriculum  GradAlign's adaptive curriculum, one selection and one checkpoint per round (after `demo`)
 
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
-`demo` ran), `artifacts/` and `results.duckdb`.
+`demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from .paths import project_home
 
 DAGSTER_YAML = """\
 # Written by `learnalign`; edit freely.
@@ -28,10 +31,14 @@ concurrency:
     default_limit: 1  # accelerator steps (pool "gpu") run one at a time: one GPU on this machine
 """
 
+# On a small machine the per-step process start (importing torch and transformers, ~8 s) would cost more than
+# most steps; run the CLI's jobs in one process. `dg launch --job learnalign_job` uses the multiprocess executor.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
 
 def prepare_environment() -> Path:
     """Point LEARNALIGN_HOME and DAGSTER_HOME at persistent project-local directories."""
-    home = Path(os.environ.get("LEARNALIGN_HOME", Path.cwd() / ".learnalign")).resolve()
+    home = project_home()
     os.environ["LEARNALIGN_HOME"] = str(home)
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -41,40 +48,23 @@ def prepare_environment() -> Path:
     return home
 
 
-def learnalign_job():
-    """The whole-graph job, importable at module scope so Dagster can rebuild it in step subprocesses."""
-    from .definitions import defs
-
-    return defs().resolve_job_def("learnalign_job")
-
-
-def selection_comparison_job():
-    from .definitions import defs
-
-    return defs().resolve_job_def("selection_comparison_job")
-
-
-def gradalign_curriculum_job():
-    from .definitions import defs
-
-    return defs().resolve_job_def("gradalign_curriculum_job")
-
-
-# On a small machine the per-step process start (importing torch and transformers, ~8 s) would cost more than
-# most steps; run the demo's steps in one process. `dg launch --job learnalign_job` uses the multiprocess executor.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-
-
-def run_demo(run_config: dict | None = None, job=learnalign_job) -> bool:
+def run_job(name: str, run_config: dict | None = None) -> bool:
+    """Execute a job of the code location in this process, printing its stages as they start and end."""
     import dagster as dg
 
-    with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(dg.reconstructable(job), instance=instance, run_config={**IN_PROCESS, **(run_config or {})})
-        if not result.success:
-            print(f"run {result.run_id} failed; inspect it with `learnalign dev`", file=sys.stderr)
-            return False
-        print(f"run {result.run_id} succeeded")
-    return True
+    from .definitions import reconstructable_job
+    from .lib.console import QUIET_LOGGERS, followed_run
+
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance, followed_run(project_home() / "logs") as (tags, follower):
+        config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
+        result = dg.execute_job(reconstructable_job(name), instance=instance, run_config=config, tags=tags)
+    took = time.perf_counter() - started
+    verdict = "succeeded" if result.success else "failed; inspect it with `learnalign dev`"
+    print(
+        f"{name} {verdict} in {int(took // 60)} min {took % 60:02.0f} s (run {result.run_id}, log {follower.log_path})"
+    )
+    return result.success
 
 
 def latest_metadata(asset: str) -> dict | None:
@@ -87,15 +77,18 @@ def latest_metadata(asset: str) -> dict | None:
 
 
 def latest_benchmark_table() -> str:
-    from .core.artifacts import read_artifact
-    from .defs.metadata import markdown_table
+    from .core.storage.artifacts import read_artifact
+    from .defs.evaluation.assets import TABLE_COLUMNS
+    from .lib.outputs import markdown_table
 
     metadata = latest_metadata("benchmark_results")
     if metadata is None:
         return "benchmark_results has not been materialized yet: run `learnalign demo`"
     table = read_artifact(Path(metadata["path"].value), metadata["sha256"].value)
-    columns = ["policy", "benchmark", "num_problems", "num_correct", "accuracy", "decoding", "template", "verifier", "backend"]
-    return markdown_table(table.select(columns)) + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
+    return (
+        markdown_table(table.select([*TABLE_COLUMNS, "backend"]))
+        + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
+    )
 
 
 def latest_comparison_table() -> str:
@@ -105,37 +98,53 @@ def latest_comparison_table() -> str:
     return f"{metadata['table_a'].value}\n\nplot: {metadata['plot_path'].value}"
 
 
+def dev(extra: list[str]) -> int:
+    """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly."""
+    dg_cli = Path(sys.executable).with_name("dg")
+    command = [str(dg_cli) if dg_cli.exists() else "dg", "dev", *extra]
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum"])
-    parser.add_argument("--preset", default="demo", help="run-config preset for `demo` (learnalign_pipeline.defs.presets)")
-    parser.add_argument("--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory")
+    parser.add_argument("--preset", default="demo", help="run-config preset (learnalign_pipeline/presets.py)")
+    parser.add_argument(
+        "--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory"
+    )
     args, rest = parser.parse_known_args(argv)
     prepare_environment()
-    if args.command == "demo":
-        from .defs.presets import PRESETS
-
-        if not run_demo(PRESETS[args.preset]):
-            return 1
-        print(latest_benchmark_table())
-        return 0
-    if args.command in ("compare", "curriculum"):
-        from .defs.presets import PRESETS
-
-        job = selection_comparison_job if args.command == "compare" else gradalign_curriculum_job
-        run_config = dict(PRESETS[args.preset]) if args.preset != "demo" else {}
-        if args.png_dir:
-            ops = {**run_config.get("ops", {}), "comparison_report": {"config": {"png_dir": args.png_dir}}}
-            run_config = {**run_config, "ops": ops}
-        if not run_demo(run_config, job=job):
-            return 1
-        if args.command == "compare":
-            print(latest_comparison_table())
-        return 0
+    if args.command == "dev":
+        return dev(rest)
     if args.command == "report":
         print(latest_benchmark_table())
         return 0
-    return subprocess.call(["dg", "dev", *rest])
+    from .lib.console import quiet_libraries
+    from .presets import PRESETS
+
+    quiet_libraries()
+    run_config = dict(PRESETS[args.preset])
+    if args.command == "demo":
+        if not run_job("learnalign_job", run_config):
+            return 1
+        print(latest_benchmark_table())
+        return 0
+    if args.png_dir:
+        ops = {**run_config.get("ops", {}), "comparison_report": {"config": {"png_dir": args.png_dir}}}
+        run_config = {**run_config, "ops": ops}
+    job = "selection_comparison_job" if args.command == "compare" else "gradalign_curriculum_job"
+    if not run_job(job, run_config):
+        return 1
+    if args.command == "compare":
+        print(latest_comparison_table())
+    return 0
 
 
 if __name__ == "__main__":

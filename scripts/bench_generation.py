@@ -22,11 +22,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
 
-    from learnalign_pipeline.core.arithmetic import generate_problems
-    from learnalign_pipeline.core.generation import SamplingSpec, TransformersBackend, prompt_seeds
-    from learnalign_pipeline.core.policy import TinyPolicySpec, build_model, load_policy, save_policy, train_tokenizer
-    from learnalign_pipeline.core.prompts import render
-    from learnalign_pipeline.core.vllm_backend import VLLMBackend, VLLMSettings
+    from learnalign_pipeline.core.data.arithmetic import generate_problems
+    from learnalign_pipeline.core.policy.generation import SamplingSpec, TransformersBackend, prompt_seeds
+    from learnalign_pipeline.core.policy.model import (
+        TinyPolicyConfig,
+        build_model,
+        load_policy,
+        save_policy,
+        train_tokenizer,
+    )
+    from learnalign_pipeline.core.policy.vllm_backend import VLLMBackend, VLLMConfig
+    from learnalign_pipeline.core.task.prompts import render
 
     problems = generate_problems(args.problems, seed=99)
     prompts = [render("qa", p.prompt) for p in problems]
@@ -34,8 +40,10 @@ def main() -> None:
     if checkpoint is None:
         checkpoint = Path(tempfile.mkdtemp()) / "tiny"
         tokenizer = train_tokenizer([p + " " + q.solution for p, q in zip(prompts, problems)], 512)
-        save_policy(build_model(TinyPolicySpec(intermediate_size=256, num_layers=2), tokenizer, 0), tokenizer, checkpoint)
-    spec = SamplingSpec(num_samples=args.k, temperature=1.0, max_new_tokens=args.max_new_tokens)
+        save_policy(
+            build_model(TinyPolicyConfig(intermediate_size=256, num_layers=2), tokenizer, 0), tokenizer, checkpoint
+        )
+    spec = SamplingSpec(num_samples=args.k, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
     seeds = prompt_seeds([str(i) for i in range(len(prompts))], 0, args.k)
 
     def measure(backend) -> tuple[float, int]:
@@ -51,7 +59,7 @@ def main() -> None:
     hf_seconds, hf_tokens = measure(TransformersBackend(model, tokenizer))
 
     started = time.perf_counter()
-    engine = VLLMBackend(str(checkpoint), VLLMSettings(dtype="float32"))
+    engine = VLLMBackend(str(checkpoint), VLLMConfig(dtype="float32"))
     engine._engine()
     vllm_start = time.perf_counter() - started
     try:

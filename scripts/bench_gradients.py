@@ -25,14 +25,16 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from learnalign_pipeline.core.arithmetic import arithmetic_frame, generate_problems
-from learnalign_pipeline.core.gradients import ExactGradients, capture_batch, gradient_features, linear_layers, loop_gradients
-from learnalign_pipeline.core.grpo import GRPOLossConfig
-from learnalign_pipeline.core.policy import TinyPolicySpec, build_model, load_policy, train_tokenizer
-from learnalign_pipeline.core.projection import DenseProjector, KroneckerProjector
-from learnalign_pipeline.core.prompts import render
-from learnalign_pipeline.core.rollouts import learnable_problems, to_rollout_batch
-from learnalign_pipeline.core.scoring import learnability, learnalign_scores, top_n, unit_rows
+from learnalign_pipeline.core.data.arithmetic import arithmetic_frame, generate_problems
+from learnalign_pipeline.core.policy.model import TinyPolicyConfig, build_model, load_policy, train_tokenizer
+from learnalign_pipeline.core.policy.rollouts import learnable_problems
+from learnalign_pipeline.core.selection.capture import capture_batch, linear_layers
+from learnalign_pipeline.core.selection.features import ExactGradients, gradient_features, loop_gradients
+from learnalign_pipeline.core.selection.projection import DenseProjector, KroneckerProjector
+from learnalign_pipeline.core.selection.scoring import learnability, learnalign_scores, top_n, unit_rows
+from learnalign_pipeline.core.task.prompts import render
+from learnalign_pipeline.core.training.config import GRPOConfig
+from learnalign_pipeline.core.training.grpo import to_rollout_batch
 
 ROWS: list[tuple[str, str, str, str]] = []  # (benchmark, quantity, value, target verdict)
 
@@ -79,48 +81,84 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def bench_batched_vs_loop(name: str, spec: TinyPolicySpec, num_problems: int, samples: int, repeats: int, problems_per_batch: int) -> None:
+def bench_batched_vs_loop(
+    name: str, spec: TinyPolicyConfig, num_problems: int, samples: int, repeats: int, problems_per_batch: int
+) -> None:
     tokenizer = tokenizer_for(spec.vocab_size)
     model = build_model(spec, tokenizer, seed=0).eval()
     reference = perturbed(model)
     problems = arithmetic_frame(num_problems, seed=1, split="pool")
     rollouts = synthetic_rollouts(problems, len(tokenizer), samples, seed=0)
-    config = GRPOLossConfig(beta=0.04)
+    config = GRPOConfig(beta=0.04).loss(32)
     params = sum(p.numel() for p in model.parameters())
     label = f"1 batched vs loop [{name}]"
-    report(label, "model params / problems x rollouts / per batch", f"{params / 1e6:.2f}M / {num_problems}x{samples} / {problems_per_batch}")
+    report(
+        label,
+        "model params / problems x rollouts / per batch",
+        f"{params / 1e6:.2f}M / {num_problems}x{samples} / {problems_per_batch}",
+    )
     batched_times, loop_times = [], []
     for _ in range(repeats):  # interleaved so both see the same machine load
         batched, t_batched = timed(
-            lambda: gradient_features(
-                model, reference, tokenizer, problems, rollouts, config, ExactGradients(), "qa", problems_per_batch=problems_per_batch
-            ).features
+            lambda: (
+                gradient_features(
+                    model,
+                    reference,
+                    tokenizer,
+                    problems,
+                    rollouts,
+                    config,
+                    ExactGradients(),
+                    "qa",
+                    problems_per_batch=problems_per_batch,
+                ).features
+            )
         )
         loop, t_loop = timed(lambda: loop_gradients(model, reference, tokenizer, problems, rollouts, config))
         batched_times.append(t_batched)
         loop_times.append(t_loop)
     relative = ((batched - loop).norm() / loop.norm()).item()
     speedup = min(loop_times) / min(batched_times)
-    report(label, "relative error norm(batched - loop) / norm(loop)", f"{relative:.2e}", verdict(relative < 1e-5, "< 1e-5"))
-    report(label, f"batched s (best / median of {repeats})", f"{min(batched_times):.3f} / {statistics.median(batched_times):.3f}")
-    report(label, f"loop s (best / median of {repeats})", f"{min(loop_times):.3f} / {statistics.median(loop_times):.3f}")
-    report(label, "speedup (best / median)", f"{speedup:.2f}x / {statistics.median(loop_times) / statistics.median(batched_times):.2f}x", verdict(speedup >= 3, ">= 3x"))
+    report(
+        label, "relative error norm(batched - loop) / norm(loop)", f"{relative:.2e}", verdict(relative < 1e-5, "< 1e-5")
+    )
+    report(
+        label,
+        f"batched s (best / median of {repeats})",
+        f"{min(batched_times):.3f} / {statistics.median(batched_times):.3f}",
+    )
+    report(
+        label, f"loop s (best / median of {repeats})", f"{min(loop_times):.3f} / {statistics.median(loop_times):.3f}"
+    )
+    report(
+        label,
+        "speedup (best / median)",
+        f"{speedup:.2f}x / {statistics.median(loop_times) / statistics.median(batched_times):.2f}x",
+        verdict(speedup >= 3, ">= 3x"),
+    )
 
 
 def bench_projections(num_problems: int, samples: int, repeats: int) -> None:
-    spec = TinyPolicySpec(vocab_size=512, hidden_size=512, intermediate_size=1408, num_layers=4, num_heads=8, num_kv_heads=2)
+    spec = TinyPolicyConfig(
+        vocab_size=512, hidden_size=512, intermediate_size=1408, num_layers=4, num_heads=8, num_kv_heads=2
+    )
     tokenizer = tokenizer_for(spec.vocab_size)
     model = build_model(spec, tokenizer, seed=0).eval()
     reference = perturbed(model)
     problems = arithmetic_frame(num_problems, seed=2, split="pool")
     rollouts = synthetic_rollouts(problems, len(tokenizer), samples, seed=1)
-    config = GRPOLossConfig(beta=0.04)
+    config = GRPOConfig(beta=0.04).loss(32)
     layers = linear_layers(model)
     params = sum(p.numel() for p in model.parameters())
     linear_params = sum(layer.weight.numel() for layer in layers.values())
     label = "2 kronecker vs dense"
-    report(label, "model params (in scored linear layers)", f"{params / 1e6:.1f}M ({linear_params / 1e6:.1f}M)", verdict(params >= 10e6, ">= 10M"))
-    batch = to_rollout_batch(problems, rollouts, tokenizer, "qa", config.scale_rewards, config.advantage_eps)
+    report(
+        label,
+        "model params (in scored linear layers)",
+        f"{params / 1e6:.1f}M ({linear_params / 1e6:.1f}M)",
+        verdict(params >= 10e6, ">= 10M"),
+    )
+    batch = to_rollout_batch(problems, rollouts, tokenizer, "qa", config)
     (inputs, grads, owner), t_capture = timed(lambda: capture_batch(model, reference, batch, config, layers))
     report(label, f"{num_problems} problems x {samples} rollouts: fwd+bwd s", f"{t_capture:.2f}")
 
@@ -136,7 +174,7 @@ def bench_projections(num_problems: int, samples: int, repeats: int) -> None:
     widths = {}
     for _ in range(repeats):
         for key, projector in projectors.items():
-            features, seconds = timed(lambda: project(projector))
+            features, seconds = timed(lambda projector=projector: project(projector))
             times[key].append(seconds)
             widths[key] = features.shape[1]
     report(label, "output width kronecker 16x16 / dense 256 per layer", f"{widths['kronecker']} / {widths['dense']}")
@@ -146,7 +184,11 @@ def bench_projections(num_problems: int, samples: int, repeats: int) -> None:
     ratio = rate["kronecker"] / rate["dense"]
     report(label, "projection throughput ratio kronecker/dense", f"{ratio:.0f}x", verdict(ratio >= 30, ">= 30x"))
     end_to_end = {k: num_problems / (t_capture + min(v)) for k, v in times.items()}
-    report(label, "end to end (fwd+bwd+projection) problems/s k / d", f"{end_to_end['kronecker']:.2f} / {end_to_end['dense']:.2f}")
+    report(
+        label,
+        "end to end (fwd+bwd+projection) problems/s k / d",
+        f"{end_to_end['kronecker']:.2f} / {end_to_end['dense']:.2f}",
+    )
     report(label, "end-to-end ratio kronecker/dense (info)", f"{end_to_end['kronecker'] / end_to_end['dense']:.1f}x")
 
 
@@ -163,7 +205,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     def ranks(x: torch.Tensor) -> torch.Tensor:
         values, inverse, counts = torch.unique(x.double(), return_inverse=True, return_counts=True)
         ends = torch.cumsum(counts, 0).double()
-        return ((ends - (counts.double() - 1) / 2))[inverse]
+        return (ends - (counts.double() - 1) / 2)[inverse]
 
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
@@ -172,9 +214,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_selection(artifacts: Path) -> None:
     # The pipeline's own defaults (budget, projection, loss, template), so this measures what the assets do.
-    from learnalign_pipeline.defs.resources import GRPOLoss, TaskSettings
+    from learnalign_pipeline.core.selection.config import AlignmentConfig, SelectionConfig
     from learnalign_pipeline.defs.selection.gradients import GradientConfig
-    from learnalign_pipeline.defs.selection.scores import AlignmentConfig, SelectionConfig
+    from learnalign_pipeline.lib.resources import GRPOLoss, TaskSettings
 
     task, gradient_config = TaskSettings(), GradientConfig()
     budget = SelectionConfig().budget
@@ -194,8 +236,16 @@ def bench_selection(artifacts: Path) -> None:
 
     def scores(projector, fp16: bool):
         result = gradient_features(
-            model, reference, tokenizer, active, rollouts, loss, projector, task.template,
-            scope=gradient_config.scope, last_blocks=gradient_config.last_blocks,
+            model,
+            reference,
+            tokenizer,
+            active,
+            rollouts,
+            loss,
+            projector,
+            task.template,
+            scope=gradient_config.scope,
+            last_blocks=gradient_config.last_blocks,
             problems_per_batch=gradient_config.problems_per_batch,
         )
         features = torch.zeros(len(ids), result.features.shape[1])
@@ -224,7 +274,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--problems-per-batch", type=int, default=None, help="benchmark 1: problems per batched backward (default: the stage's mean batch size)"
+        "--problems-per-batch",
+        type=int,
+        default=None,
+        help="benchmark 1: problems per batched backward (default: the stage's mean batch size)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -235,10 +288,18 @@ def main() -> None:
         from learnalign_pipeline.defs.selection.gradients import GradientConfig
 
         per_batch = args.problems_per_batch or GradientConfig().problems_per_batch
-        demo = TinyPolicySpec(vocab_size=320, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1)
-        larger = TinyPolicySpec(vocab_size=512, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2)
-        bench_batched_vs_loop("demo 128/256/2L", demo, num_problems=32, samples=8, repeats=args.repeats, problems_per_batch=per_batch)
-        bench_batched_vs_loop("256/768/4L", larger, num_problems=16, samples=8, repeats=args.repeats, problems_per_batch=per_batch)
+        demo = TinyPolicyConfig(
+            vocab_size=320, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=1
+        )
+        larger = TinyPolicyConfig(
+            vocab_size=512, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2
+        )
+        bench_batched_vs_loop(
+            "demo 128/256/2L", demo, num_problems=32, samples=8, repeats=args.repeats, problems_per_batch=per_batch
+        )
+        bench_batched_vs_loop(
+            "256/768/4L", larger, num_problems=16, samples=8, repeats=args.repeats, problems_per_batch=per_batch
+        )
     if "2" in parts:
         bench_projections(num_problems=16, samples=8, repeats=max(1, args.repeats - 1))
     if "3" in parts:

@@ -8,9 +8,9 @@ With a finished demo run's warm-up and pre-trained checkpoints and its pool (`--
 3. the same grown pool on a cold cache (full recomputation).
 
 It reports the re-cost of run 2 relative to run 3 (wall time, problems generated, problems differentiated) and
-whether run 2's subset and features equal run 3's. The stages call the functions the assets call
-(`generate_missing_rollouts`, `plan_feature_batches`, `compute_missing_feature_batches`, ...) with the assets'
-default configs; shards run one after another in this process (sharding changes nothing in the results).
+whether run 2's subset and features equal run 3's. The stages are the objects the assets run
+(`core/selection/stages.py` RolloutStage and FeatureStage, built from the settings objects' defaults, shard by
+shard as the sharded assets' steps do, one after another in this process: sharding changes nothing in the results).
 
     python scripts/bench_incremental.py --artifacts .learnalign/artifacts
 """
@@ -18,7 +18,6 @@ default configs; shards run one after another in this process (sharding changes 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -26,18 +25,19 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from learnalign_pipeline.core.arithmetic import arithmetic_frame
-from learnalign_pipeline.core.gradients import compute_missing_feature_batches, gather_features, gradient_features, plan_feature_batches
-from learnalign_pipeline.core.generation import SamplingSpec, TransformersBackend
-from learnalign_pipeline.core.policy import load_policy
-from learnalign_pipeline.core.rollouts import gather_rollouts, generate_missing_rollouts, learnable_problems, success_rates
-from learnalign_pipeline.core.row_cache import RowCache
-from learnalign_pipeline.core.scoring import learnability, learnalign_scores, top_n, unit_rows
-from learnalign_pipeline.defs.resources import GRPOLoss, TaskSettings
-from learnalign_pipeline.defs.selection.gradients import GradientConfig
-from learnalign_pipeline.defs.sharding import NUM_SHARDS
-from learnalign_pipeline.defs.selection.rollouts import RolloutConfig
-from learnalign_pipeline.defs.selection.scores import AlignmentConfig, SelectionConfig
+from learnalign_pipeline.core.data.arithmetic import arithmetic_frame
+from learnalign_pipeline.core.policy.generation import TransformersBackend
+from learnalign_pipeline.core.policy.model import load_policy
+from learnalign_pipeline.core.policy.rollouts import success_rates
+from learnalign_pipeline.core.selection.config import AlignmentConfig, FeatureConfig, RolloutConfig, SelectionConfig
+from learnalign_pipeline.core.selection.features import scatter_rows
+from learnalign_pipeline.core.selection.scoring import learnability, learnalign_scores, top_n, unit_rows
+from learnalign_pipeline.core.selection.stages import FeatureStage, RolloutStage, shard_rows
+from learnalign_pipeline.core.storage.row_cache import RowCache
+from learnalign_pipeline.core.task.config import TaskConfig
+from learnalign_pipeline.core.training.config import GRPOConfig
+from learnalign_pipeline.lib.resources import Generator
+from learnalign_pipeline.lib.sharded import NUM_SHARDS
 
 
 def newest(directory: Path, asset: str) -> Path:
@@ -46,55 +46,61 @@ def newest(directory: Path, asset: str) -> Path:
 
 def run(cache: RowCache, pool: pl.DataFrame, warmup: Path, pretrained: Path) -> dict:
     """Rollouts -> success rates -> gradient features -> scores -> subset, computing only what `cache` lacks."""
-    task, rollout_config, gradient_config = TaskSettings(), RolloutConfig(), GradientConfig()
-    loss = GRPOLoss().config(task.max_new_tokens)
+    task, settings = TaskConfig(), RolloutConfig()
+    verifier = task.make_verifier()
     started = time.perf_counter()
-    ns = cache.namespace("rollouts", {"policy": warmup.name, **rollout_config.model_dump(), "max_new_tokens": task.max_new_tokens})
-    spec = SamplingSpec(rollout_config.num_samples, rollout_config.temperature, rollout_config.top_p, task.max_new_tokens)
-    generated = generate_missing_rollouts(
-        cache, ns, pool, lambda: TransformersBackend(*load_policy(warmup)), spec, task.make_verifier(), task.prompt_format(),
-        rollout_config.seed, rollout_config.problems_per_file,
-    )
-    rollouts = gather_rollouts(cache, ns, pool)
+    rollout_stage = RolloutStage(cache, settings, task, warmup.name, Generator().engine_settings(settings.backend))
+    generated = 0
+    for shard in range(NUM_SHARDS):
+        make_backend = lambda: TransformersBackend(*load_policy(warmup))  # noqa: E731
+        generated += rollout_stage.generate_missing(shard_rows(pool, shard, NUM_SHARDS), make_backend, verifier)[
+            "generated_problems"
+        ]
+    rollouts = rollout_stage.gather(pool)
     rates = success_rates(rollouts)
     rollout_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    active = learnable_problems(rates).select("problem_id").join(pool, on="problem_id", how="left", maintain_order="left")
-    ns = cache.namespace("gradient_features", {"policy": warmup.name, "reference": pretrained.name, "loss": dataclasses.asdict(loss), **gradient_config.model_dump()})
-    batches = plan_feature_batches(active, rollouts, ns.key, gradient_config.problems_per_batch, NUM_SHARDS)
-    projector = gradient_config.projector()
+    loss = GRPOConfig().loss(task.max_new_tokens)
+    feature_stage = FeatureStage(cache, FeatureConfig(), task, loss, warmup.name, pretrained.name)
+    batches = feature_stage.plan(pool, rollouts, rates, NUM_SHARDS)
 
     def load_models():
         model, tokenizer = load_policy(warmup)
         return model, load_policy(pretrained)[0], tokenizer
 
-    def features(models, members):
-        model, reference, tokenizer = models
-        return gradient_features(model, reference, tokenizer, members, rollouts, loss, projector, task.prompt_format(), problems_per_batch=members.height)
-
-    differentiated = compute_missing_feature_batches(cache, ns, batches, pool, rollouts, load_models, features)
-    result = gather_features(cache, ns, batches, active["problem_id"].to_list())
+    differentiated = 0
+    for shard in range(NUM_SHARDS):
+        mine = [b for b in batches if b.shard == shard]
+        differentiated += feature_stage.compute_missing(mine, pool, rollouts, load_models)["computed_problems"]
+    active = feature_stage.active(pool, rates)
+    result = feature_stage.gather(batches, active["problem_id"].to_list())
     gradient_seconds = time.perf_counter() - started
 
     ids = rates["problem_id"].to_list()
-    row_of = {pid: i for i, pid in enumerate(ids)}
-    full = torch.zeros(len(ids), result.features.shape[1])
-    full[[row_of[p] for p in result.problem_ids]] = result.features
+    full = scatter_rows(ids, result)
     unit = unit_rows(full)[0].to(torch.float16).float()  # the asset stores float16 unit features
     weights = learnability(torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float64)).float()
     scores = learnalign_scores(weights, unit, include_self=AlignmentConfig().include_self)[0]
     subset = [ids[i] for i in top_n(scores.double(), ids, SelectionConfig().budget)]
     return {
-        "seconds": rollout_seconds + gradient_seconds, "rollout_seconds": rollout_seconds, "gradient_seconds": gradient_seconds,
-        "generated": generated["generated_problems"], "differentiated": differentiated["computed_problems"],
-        "learnable": active.height, "subset": subset, "features": full, "pool": pool.height,
+        "seconds": rollout_seconds + gradient_seconds,
+        "rollout_seconds": rollout_seconds,
+        "gradient_seconds": gradient_seconds,
+        "generated": generated,
+        "differentiated": differentiated,
+        "learnable": active.height,
+        "subset": subset,
+        "features": full,
+        "pool": pool.height,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, required=True, help="LEARNALIGN_HOME/artifacts of a finished demo run")
+    parser.add_argument(
+        "--artifacts", type=Path, required=True, help="LEARNALIGN_HOME/artifacts of a finished demo run"
+    )
     parser.add_argument("--added", type=float, default=0.05, help="new problems as a share of the pool")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -113,12 +119,27 @@ def main() -> None:
         full = run(RowCache(cold_dir), grown, warmup, pretrained)
     rows = [
         ("pool / added / learnable after", f"{pool.height} / {added.height} / {full['learnable']}"),
-        ("full run on pool: s (rollouts + gradients)", f"{first['seconds']:.1f} ({first['rollout_seconds']:.1f} + {first['gradient_seconds']:.1f})"),
-        ("full recomputation on grown pool: s", f"{full['seconds']:.1f} ({full['rollout_seconds']:.1f} + {full['gradient_seconds']:.1f})"),
-        ("incremental on grown pool: s", f"{incremental['seconds']:.1f} ({incremental['rollout_seconds']:.1f} + {incremental['gradient_seconds']:.1f})"),
+        (
+            "full run on pool: s (rollouts + gradients)",
+            f"{first['seconds']:.1f} ({first['rollout_seconds']:.1f} + {first['gradient_seconds']:.1f})",
+        ),
+        (
+            "full recomputation on grown pool: s",
+            f"{full['seconds']:.1f} ({full['rollout_seconds']:.1f} + {full['gradient_seconds']:.1f})",
+        ),
+        (
+            "incremental on grown pool: s",
+            f"{incremental['seconds']:.1f} ({incremental['rollout_seconds']:.1f} + {incremental['gradient_seconds']:.1f})",
+        ),
         ("re-cost, wall time (incremental / full)", f"{incremental['seconds'] / full['seconds']:.3f}"),
-        ("problems generated (incremental / full)", f"{incremental['generated']} / {full['generated']} = {incremental['generated'] / full['generated']:.3f}"),
-        ("problems differentiated (incremental / full)", f"{incremental['differentiated']} / {full['differentiated']} = {incremental['differentiated'] / max(full['differentiated'], 1):.3f}"),
+        (
+            "problems generated (incremental / full)",
+            f"{incremental['generated']} / {full['generated']} = {incremental['generated'] / full['generated']:.3f}",
+        ),
+        (
+            "problems differentiated (incremental / full)",
+            f"{incremental['differentiated']} / {full['differentiated']} = {incremental['differentiated'] / max(full['differentiated'], 1):.3f}",
+        ),
         ("selected subset equals full recomputation", str(incremental["subset"] == full["subset"])),
         ("features bitwise equal to full recomputation", str(torch.equal(incremental["features"], full["features"]))),
     ]

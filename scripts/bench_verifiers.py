@@ -12,20 +12,26 @@ import argparse
 import time
 from pathlib import Path
 
-from learnalign_pipeline.core.loaders import SourceSpec, load_problems
-from learnalign_pipeline.core.verify import NumericVerifier
-from learnalign_pipeline.core.verify_math import MathVerifier
+from learnalign_pipeline.core.data.loaders import SourceConfig, load_problems
+from learnalign_pipeline.core.task.verify import NumericVerifier
+from learnalign_pipeline.core.task.verify_math import MathVerifier
 
 GSM8K_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "gsm8k" / "test.jsonl"
 
 
 def completions(limit: int) -> tuple[list[str], list[str]]:
-    problems = load_problems(SourceSpec(str(GSM8K_TEST), split="test")).problems.head(limit)
+    problems = load_problems(SourceConfig(str(GSM8K_TEST), split="test")).problems.head(limit)
     texts, golds = [], []
     for i, (solution, gold) in enumerate(zip(problems["solution"], problems["answer"])):
         reasoning = solution.split("####")[0].strip()
         answer = gold if i % 4 else str(int(float(gold)) + 1)  # every fourth answer is wrong
-        texts.append([f"{reasoning}\n#### {answer}", f"{reasoning}\nSo the answer is $\\boxed{{{answer}}}$.", f"{reasoning}\nThe answer is {answer}."][i % 3])
+        texts.append(
+            [
+                f"{reasoning}\n#### {answer}",
+                f"{reasoning}\nSo the answer is $\\boxed{{{answer}}}$.",
+                f"{reasoning}\nThe answer is {answer}.",
+            ][i % 3]
+        )
         golds.append(gold)
     return texts, golds
 
@@ -49,7 +55,9 @@ def main() -> None:
         stats = dict(math_verifier.stats)
     print(f"completions: {len(texts)} (GSM8K test, 3 answer styles, 1 in 4 wrong)")
     print(f"numeric_flexible: {numeric_rate:,.0f} answers/s, mean reward {numeric_accuracy:.3f}")
-    print(f"math_verify ({args.workers} workers): {math_rate:,.1f} answers/s, mean reward {math_accuracy:.3f}, stats {stats}")
+    print(
+        f"math_verify ({args.workers} workers): {math_rate:,.1f} answers/s, mean reward {math_accuracy:.3f}, stats {stats}"
+    )
     print(f"ratio numeric/math_verify: {numeric_rate / math_rate:,.0f}x")
 
 

@@ -6,11 +6,13 @@ import polars as pl
 import pytest
 import torch
 
-from learnalign_pipeline.core.arithmetic import arithmetic_frame, generate_problems
-from learnalign_pipeline.core.policy import TinyPolicySpec, build_model, train_tokenizer
-from learnalign_pipeline.core.prompts import render
+from learnalign_pipeline.core.data.arithmetic import arithmetic_frame, generate_problems
+from learnalign_pipeline.core.policy.model import TinyPolicyConfig, build_model, train_tokenizer
+from learnalign_pipeline.core.task.prompts import render
 
-TINY = TinyPolicySpec(vocab_size=320, hidden_size=128, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
+TINY = TinyPolicyConfig(
+    vocab_size=320, hidden_size=128, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1
+)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,9 @@ def main() -> None:
 
     job = defs().resolve_job_def("learnalign_job")
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, asset_selection=[dg.AssetKey(n) for n in names])
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, asset_selection=[dg.AssetKey(n) for n in names]
+        )
         assert result.success
         for name in names:
             event = instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization

@@ -15,8 +15,9 @@ import os
 
 import dagster as dg
 
+from ...lib.tags import MANUAL_TAG
+
 RESELECTION_GROUPS = frozenset({"data", "selection"})
-MANUAL_TAG = "learnalign/automation"
 # The window in which gated GPU steps may start (UTC): it opens on the first cron's tick and closes on the second's.
 GATED_CRON = os.environ.get("LEARNALIGN_GATED_CRON", "0 2 * * *")
 GATED_CLOSE_CRON = os.environ.get("LEARNALIGN_GATED_CLOSE_CRON", "0 6 * * *")
@@ -28,7 +29,9 @@ AC = dg.AutomationCondition
 # the whole downstream graph into one run, and every asset in a run executes even when its parent recomputes
 # to identical bytes. Here each layer waits until its parents have finished with a new data version, so a
 # recomputation that changed nothing stops the cascade (one layer per sensor tick).
-CHANGED = (AC.newly_missing() | AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()).since_last_handled()
+CHANGED = (
+    AC.newly_missing() | AC.any_deps_match(AC.data_version_changed()) | AC.code_version_changed()
+).since_last_handled()
 READY = ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()
 
 RESELECT = (AC.in_latest_time_window() & CHANGED & READY).with_label("reselect_on_change")
@@ -51,6 +54,10 @@ def with_automation(defs: dg.Definitions) -> dg.Definitions:
     """Give every materializable asset that has none its automation condition. The permissive variant passes the
     observable sources (SourceAssets, which keep their own cron condition) through unchanged."""
     return defs.permissive_map_resolved_asset_specs(
-        func=lambda spec: spec if spec.automation_condition is not None else spec.replace_attributes(automation_condition=condition_for(spec)),
+        func=lambda spec: (
+            spec
+            if spec.automation_condition is not None
+            else spec.replace_attributes(automation_condition=condition_for(spec))
+        ),
         selection=None,
     )

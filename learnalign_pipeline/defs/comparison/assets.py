@@ -2,9 +2,7 @@
 with the same materialized rollouts, success rates and gradients; each (method, budget, seed) is trained with the
 same number of GRPO steps from the warm-up policy and evaluated on the benchmark minus the validation slice."""
 
-
 import base64
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,28 +13,35 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from ...core.artifacts import Checkpoint, TensorBundle, content_digest
-from ...core.comparison import plot_accuracy_vs_budget, summarize, table_a, trajectory_matrix
-from ...core.evaluation import pass_at_1
-from ...core.generation import SamplingSpec, TransformersBackend
-from ...core.policy import load_policy
-from ...core.selection_methods import METHODS, select
-from ...core.trainer import train_grpo
-from ..metadata import markdown_table
-from ..policy.grpo_config import GRPOStageConfig
-from ..resources import GRPOLoss, TaskSettings, project_home
+from ...core.evaluation.benchmark import pass_at_1
+from ...core.evaluation.comparison import plot_accuracy_vs_budget, summarize, table_a
+from ...core.policy.generation import SamplingSpec, TransformersBackend
+from ...core.policy.model import load_policy
+from ...core.selection.methods import METHODS, select, trajectory_matrix
+from ...core.storage.artifacts import Checkpoint, TensorBundle, content_digest
+from ...core.training.trainer import train_grpo
+from ...lib.outputs import append_to_duckdb, markdown_table, versioned
+from ...lib.resources import GRPOLoss, TaskSettings
+from ...lib.tags import MANUAL, gpu_step
+from ...lib.training import grpo_settings, grpo_stage_config
+from ...paths import project_home
 from ..selection.scores import pool_signals, selection_frame
-from ..versioning import versioned
-from .signals import GROUP, MANUAL, manual_step
+from .signals import GROUP
 
 # Table A's rows in this order (methods not run are skipped).
 METHOD_ORDER = list(METHODS)
 
 
 class SubsetsConfig(dg.Config):
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="methods to select with (all by default: selection is cheap)")
-    budgets: list[int] = Field(default_factory=lambda: [32, 128], description="budgets N (3% and 13% of the embedded pool)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds (they change the random and accuracy_band draws)")
+    methods: list[str] = Field(
+        default_factory=lambda: list(METHODS), description="methods to select with (all by default: selection is cheap)"
+    )
+    budgets: list[int] = Field(
+        default_factory=lambda: [32, 128], description="budgets N (3% and 13% of the embedded pool)"
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], description="seeds (they change the random and accuracy_band draws)"
+    )
 
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
@@ -72,16 +77,26 @@ def comparison_subsets(
             for seed in config.seeds:
                 picked, scores = select(method, signals, budget, seed)
                 frame = selection_frame(signals, picked, scores, raw_problems)
-                frames.append(frame.select("problem_id", "rank", "score", "success_rate", "noisy").with_columns(
-                    pl.lit(method).alias("method"), pl.lit(budget).alias("budget"), pl.lit(seed).alias("seed")
-                ))
-    subsets = pl.concat(frames).select("method", "budget", "seed", "rank", "problem_id", "score", "success_rate", "noisy")
+                frames.append(
+                    frame.select("problem_id", "rank", "score", "success_rate", "noisy").with_columns(
+                        pl.lit(method).alias("method"), pl.lit(budget).alias("budget"), pl.lit(seed).alias("seed")
+                    )
+                )
+    subsets = pl.concat(frames).select(
+        "method", "budget", "seed", "rank", "problem_id", "score", "success_rate", "noisy"
+    )
     stats = (
         subsets.group_by("method", "budget")
-        .agg(pl.col("noisy").mean().alias("noisy_share"), pl.col("success_rate").mean().alias("mean_success_rate"), (pl.len() / pl.col("seed").n_unique()).alias("size"))
+        .agg(
+            pl.col("noisy").mean().alias("noisy_share"),
+            pl.col("success_rate").mean().alias("mean_success_rate"),
+            (pl.len() / pl.col("seed").n_unique()).alias("size"),
+        )
         .sort("method", "budget")
     )
-    pool_noisy = float(selection_frame(signals, list(range(len(ids))), torch.zeros(len(ids)), raw_problems)["noisy"].mean())
+    pool_noisy = float(
+        selection_frame(signals, list(range(len(ids))), torch.zeros(len(ids)), raw_problems)["noisy"].mean()
+    )
     return versioned(
         subsets,
         pool_noisy_share=pool_noisy,
@@ -89,27 +104,29 @@ def comparison_subsets(
     )
 
 
-class ComparisonConfig(GRPOStageConfig):
+class ComparisonConfig(grpo_stage_config(steps=8, problems_per_step=16, num_samples=4)):
     """Each (method, budget, seed) run: GRPO from the warm-up policy with these settings (equal steps for every
-    method), then greedy pass@1 on `eval_problems` benchmark problems (the validation slice left out)."""
+    method: 8 x 16 = 4 epochs of N=32, 1 of N=128; G=4 keeps 33 runs within 30 minutes on 2 shared cores), then
+    greedy pass@1 on `eval_problems` benchmark problems (the validation slice left out)."""
 
     methods: list[str] = Field(
         default_factory=lambda: ["learnalign", "gradalign", "random", "accgreedy", "limr", "full_data"],
         description="methods to train and evaluate (each must be in comparison_subsets)",
     )
-    steps: int = Field(default=8, description="GRPO steps per run, the same for every method (8 x 16 = 4 epochs of N=32, 1 of N=128)")
-    problems_per_step: int = Field(default=16, description="problems per step")
-    num_samples: int = Field(default=4, description="rollouts per problem (G; 4 keeps 33 runs within 30 minutes on 2 shared cores)")
-    eval_problems: int = Field(default=300, description="benchmark problems evaluated (after removing the validation slice)")
+    eval_problems: int = Field(
+        default=300, description="benchmark problems evaluated (after removing the validation slice)"
+    )
 
 
 def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, verifier, name: str) -> dict:
-    spec = SamplingSpec(num_samples=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
-    result, _ = pass_at_1(TransformersBackend(model, tokenizer), problems, verifier, task.prompt_format(), spec, name, "comparison")
+    spec = SamplingSpec.greedy(task.max_new_tokens)
+    result, _ = pass_at_1(
+        TransformersBackend(model, tokenizer), problems, verifier, task.prompt_format(), spec, name, "comparison"
+    )
     return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_problems": result.num_problems}
 
 
-@dg.asset(group_name=GROUP, code_version="1", **manual_step("transformers", "duckdb"))
+@dg.asset(group_name=GROUP, code_version="1", **gpu_step("transformers", "duckdb", manual=True))
 def comparison_results(
     context: dg.AssetExecutionContext,
     config: ComparisonConfig,
@@ -125,9 +142,10 @@ def comparison_results(
 ) -> dg.Output[pl.DataFrame]:
     """Accuracy of every (method, budget, seed) run, plus reference rows (warm-up policy; the multi-epoch
     full-data run LIMR scored from, `budget` = pool size). Also appended to the `selection_comparison` DuckDB table."""
-    evaluation = benchmark_problems.join(validation_problems.select("problem_id"), on="problem_id", how="anti").head(config.eval_problems)
+    evaluation = benchmark_problems.join(validation_problems.select("problem_id"), on="problem_id", how="anti").head(
+        config.eval_problems
+    )
     verifier = task.make_verifier()
-    train_config = config.train_config(task, grpo_loss)
     rows, trained_full, train_seconds, started_all = [], {}, 0.0, time.perf_counter()
     for method in config.methods:
         chosen = comparison_subsets.filter(pl.col("method") == method)
@@ -136,40 +154,61 @@ def comparison_results(
         for budget in sorted(chosen["budget"].unique()):
             for seed in sorted(chosen["seed"].unique()):
                 subset = chosen.filter((pl.col("budget") == budget) & (pl.col("seed") == seed)).sort("rank")
-                key = (method, seed) if method == "full_data" else None  # full data ignores the budget: train once per seed
+                key = (
+                    (method, seed) if method == "full_data" else None
+                )  # full data ignores the budget: train once per seed
                 if key in trained_full:
                     rows.append({**trained_full[key], "budget": int(budget)})
                     continue
-                problems = subset.select("problem_id").join(raw_problems, on="problem_id", how="left", maintain_order="left")
+                problems = subset.select("problem_id").join(
+                    raw_problems, on="problem_id", how="left", maintain_order="left"
+                )
                 model, tokenizer = load_policy(warmup_policy.path)
                 started = time.perf_counter()
-                history = train_grpo(model, tokenizer, problems, verifier, dataclasses.replace(train_config, seed=int(seed)))
+                grpo = grpo_settings(config, grpo_loss, seed=int(seed))
+                history = train_grpo(model, tokenizer, problems, verifier, grpo, task.config())
                 seconds = time.perf_counter() - started
                 row = {
-                    "method": method, "budget": int(budget), "seed": int(seed), "subset_size": problems.height,
-                    "noisy_share": float(subset["noisy"].mean()), "steps": len(history),
+                    "method": method,
+                    "budget": int(budget),
+                    "seed": int(seed),
+                    "subset_size": problems.height,
+                    "noisy_share": float(subset["noisy"].mean()),
+                    "steps": len(history),
                     "final_reward": history[-1]["reward_mean"],
                     **_evaluate(model, tokenizer, evaluation, task, verifier, method),
                 }
                 train_seconds += seconds
-                context.log.info(f"{method} N={budget} seed={seed}: accuracy {row['accuracy']:.4f} ({seconds:.0f} s training)")
+                context.log.info(
+                    f"{method} N={budget} seed={seed}: accuracy {row['accuracy']:.4f} ({seconds:.0f} s training)"
+                )
                 rows.append(row)
                 if key is not None:
                     trained_full[key] = row
-    for name, checkpoint in [("warmup (no selection, start of every run)", warmup_policy), ("full data, LIMR reference run", full_data_policy)]:
+    for name, checkpoint in [
+        ("warmup (no selection, start of every run)", warmup_policy),
+        ("full data, LIMR reference run", full_data_policy),
+    ]:
         model, tokenizer = load_policy(checkpoint.path)
-        steps = json.loads((checkpoint.path / "training_config.json").read_text()).get("steps", 0) if name.startswith("full") else 0
-        rows.append({
-            "method": name, "budget": raw_problems.height if steps else 0, "seed": 0, "subset_size": raw_problems.height if steps else 0,
-            "noisy_share": None, "steps": steps, "final_reward": None,
-            **_evaluate(model, tokenizer, evaluation, task, verifier, name),
-        })
+        steps = (
+            json.loads((checkpoint.path / "training_config.json").read_text()).get("steps", 0)
+            if name.startswith("full")
+            else 0
+        )
+        rows.append(
+            {
+                "method": name,
+                "budget": raw_problems.height if steps else 0,
+                "seed": 0,
+                "subset_size": raw_problems.height if steps else 0,
+                "noisy_share": None,
+                "steps": steps,
+                "final_reward": None,
+                **_evaluate(model, tokenizer, evaluation, task, verifier, name),
+            }
+        )
     results = pl.DataFrame(rows, schema_overrides={"noisy_share": pl.Float64, "final_reward": pl.Float64})
-    with duckdb.get_connection() as conn:
-        conn.register("incoming", results.with_columns(pl.lit(context.run_id).alias("run_id")).to_arrow())
-        conn.execute("CREATE TABLE IF NOT EXISTS selection_comparison AS SELECT * FROM incoming LIMIT 0")
-        conn.execute("INSERT INTO selection_comparison BY NAME SELECT * FROM incoming")
-        conn.unregister("incoming")
+    append_to_duckdb(duckdb, "selection_comparison", results.with_columns(pl.lit(context.run_id).alias("run_id")))
     return versioned(
         results,
         runs=len(rows),
@@ -182,7 +221,9 @@ def comparison_results(
 
 
 class ReportConfig(dg.Config):
-    png_dir: str | None = Field(default=None, description="also write the plot here (e.g. docs/); default: only under LEARNALIGN_HOME")
+    png_dir: str | None = Field(
+        default=None, description="also write the plot here (e.g. docs/); default: only under LEARNALIGN_HOME"
+    )
 
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
@@ -192,7 +233,8 @@ def comparison_report(config: ReportConfig, comparison_results: pl.DataFrame) ->
     runs = comparison_results.filter(pl.col("seed").is_not_null() & pl.col("method").is_in(list(METHODS)))
     summary = summarize(runs)
     references = {
-        r["method"]: r["accuracy"] for r in comparison_results.filter(~pl.col("method").is_in(list(METHODS))).iter_rows(named=True)
+        r["method"]: r["accuracy"]
+        for r in comparison_results.filter(~pl.col("method").is_in(list(METHODS))).iter_rows(named=True)
     }
     extra = {name: f"{100 * acc:.1f}" for name, acc in references.items()}
     table = table_a(summary, [m for m in METHOD_ORDER if m in set(summary["method"])], extra)
@@ -201,7 +243,13 @@ def comparison_report(config: ReportConfig, comparison_results: pl.DataFrame) ->
     title = f"greedy pass@1 on {int(runs['num_problems'].max()) if runs.height else 0} held-out problems; mean ± std over {seeds} seeds; {steps} GRPO steps per run"
     digest = content_digest(summary)[:16]
     out_dir = project_home() / "comparison"
-    png = plot_accuracy_vs_budget(summary, [m for m in METHOD_ORDER if m in set(summary["method"])], out_dir / f"accuracy_vs_budget_{digest}.png", title, references)
+    png = plot_accuracy_vs_budget(
+        summary,
+        [m for m in METHOD_ORDER if m in set(summary["method"])],
+        out_dir / f"accuracy_vs_budget_{digest}.png",
+        title,
+        references,
+    )
     if config.png_dir:
         Path(config.png_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.png_dir) / "selection_comparison.png").write_bytes(png.read_bytes())

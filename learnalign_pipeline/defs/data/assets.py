@@ -13,30 +13,29 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from ...core.arithmetic import arithmetic_frame
-from ...core.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceSpec, load_problems
-from ...core.noise import NoiseKind, mark_noisy
-from ..metadata import markdown_table, problem_summary
-from ..versioning import versioned
-from .sources import DatasetFiles, benchmark_dataset, pool_dataset
+from ...core.data.arithmetic import arithmetic_frame
+from ...core.data.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, LoadResult, SourceConfig, load_problems
+from ...core.data.noise import NoiseKind, mark_noisy
+from ...lib.config import config_view
+from ...lib.outputs import markdown_table, problem_summary, versioned
+from ...lib.resources import DatasetFiles
+from .sources import benchmark_dataset, pool_dataset
+
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(SourceConfig)} - {"path", "split"}
 
 
-class ProblemSourceConfig(dg.Config):
+class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
     """Where a split's problems come from. `source="datasets"` loads the file the `datasets` resource names (the
-    watched one; the embedded generator when it names none), `"arithmetic"` generates them, `"file"` loads `path`."""
+    watched one; the embedded generator when it names none), `"arithmetic"` generates them, `"file"` loads `path`
+    (column mapping: core/data/loaders.py SourceConfig)."""
 
     source: Literal["datasets", "arithmetic", "file"] = Field(
-        default="datasets", description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`"
+        default="datasets",
+        description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`",
     )
-    path: str = Field(default="", description="file source: local path or fsspec URL (.jsonl, .parquet, .csv, save_to_disk dir)")
-    format: Literal["gsm8k", "math", "generic"] = Field(default="gsm8k", description="file source: column layout")
-    prompt_column: str | None = Field(default=None, description="generic format: column holding the question")
-    answer_column: str | None = Field(default=None, description="generic format: column holding the gold answer")
-    solution_column: str | None = Field(default=None, description="generic format: optional worked solution column")
-    category_column: str | None = Field(default=None, description="generic format: optional category column")
-    numeric_gold: bool = Field(default=False, description="generic format: reject gold answers that are not numbers")
-    max_row_chars: int = Field(default=20_000, description="rows longer than this are rejected as oversized")
-    max_rejected_share: float = Field(default=0.05, description="the blocking check fails above this share of rows rejected")
+    max_rejected_share: float = Field(
+        default=0.05, description="the blocking check fails above this share of rows rejected"
+    )
 
     def file_path(self, split: str, datasets: DatasetFiles) -> str:
         """The file this split loads, or "" for the embedded generator."""
@@ -46,12 +45,8 @@ class ProblemSourceConfig(dg.Config):
             return self.path
         return datasets.path_for(split) if self.source == "datasets" else ""
 
-    def spec(self, split: str, path: str) -> SourceSpec:
-        return SourceSpec(
-            path=path, format=self.format, split=split, prompt_column=self.prompt_column, answer_column=self.answer_column,
-            solution_column=self.solution_column, category_column=self.category_column, numeric_gold=self.numeric_gold,
-            max_row_chars=self.max_row_chars,
-        )
+    def spec(self, split: str, path: str) -> SourceConfig:
+        return SourceConfig(**self.model_dump(include=_SPEC_FIELDS), path=path, split=split)
 
 
 class BenchmarkConfig(ProblemSourceConfig):
@@ -66,8 +61,12 @@ class PoolConfig(ProblemSourceConfig):
 
     num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
-    noisy_share: float = Field(default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)")
-    noise_kind: NoiseKind = Field(default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold")
+    noisy_share: float = Field(
+        default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)"
+    )
+    noise_kind: NoiseKind = Field(
+        default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold"
+    )
     noise_seed: int = Field(default=0, description="seed choosing the noisy problems")
 
 
@@ -79,6 +78,11 @@ def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclu
     frame = arithmetic_frame(config.num_problems, config.seed, split=split, exclude_ids=exclude_ids)
     report = LoadReport(config.num_problems, frame.height, 0, config.num_problems - frame.height)
     return LoadResult(frame, pl.DataFrame(schema=REJECTED_SCHEMA), pl.DataFrame(schema=DUPLICATE_SCHEMA), report)
+
+
+def _summary(result: LoadResult) -> str:
+    r = result.report
+    return f"{r.accepted} problems ({r.rows_read} read, {r.rejected} rejected, {r.duplicates_collapsed} duplicates)"
 
 
 def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -> dict:
@@ -97,8 +101,20 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -
 
 @dg.multi_asset(
     outs={
-        "benchmark_problems": dg.AssetOut(is_required=False, group_name="data", code_version="3", kinds={"polars"}, description="Held-out problems for greedy pass@1 of every policy; never trained on."),
-        "benchmark_rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Benchmark rows the load rejected, with location and reason."),
+        "benchmark_problems": dg.AssetOut(
+            is_required=False,
+            group_name="data",
+            code_version="3",
+            kinds={"polars"},
+            description="Held-out problems for greedy pass@1 of every policy; never trained on.",
+        ),
+        "benchmark_rejected_problems": dg.AssetOut(
+            is_required=False,
+            group_name="data",
+            code_version="2",
+            kinds={"polars"},
+            description="Benchmark rows the load rejected, with location and reason.",
+        ),
     },
     deps=[benchmark_dataset],
     can_subset=True,  # either table can be rematerialized alone; loading is cheap and deterministic
@@ -107,32 +123,73 @@ def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfi
     path = config.file_path("test", datasets)
     result = _load(config, datasets, "test", frozenset())
     if "benchmark_problems" in context.selected_output_names:
-        yield versioned(result.problems, output_name="benchmark_problems", **_load_metadata(result, config, path), **problem_summary(result.problems))
+        yield versioned(
+            result.problems,
+            output_name="benchmark_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
+        )
     if "benchmark_rejected_problems" in context.selected_output_names:
-        yield versioned(result.rejected, output_name="benchmark_rejected_problems", num_rows=result.rejected.height)
+        yield versioned(
+            result.rejected,
+            output_name="benchmark_rejected_problems",
+            summary=f"{result.rejected.height} rows",
+            num_rows=result.rejected.height,
+        )
 
 
 @dg.multi_asset(
     outs={
-        "raw_problems": dg.AssetOut(is_required=False, group_name="data", code_version="4", kinds={"polars"}, description="The candidate pool with stable content-hash ids, disjoint from the benchmark."),
-        "rejected_problems": dg.AssetOut(is_required=False, group_name="data", code_version="2", kinds={"polars"}, description="Every row rejected from the benchmark and pool loads, with its location and reason."),
+        "raw_problems": dg.AssetOut(
+            is_required=False,
+            group_name="data",
+            code_version="4",
+            kinds={"polars"},
+            description="The candidate pool with stable content-hash ids, disjoint from the benchmark.",
+        ),
+        "rejected_problems": dg.AssetOut(
+            is_required=False,
+            group_name="data",
+            code_version="2",
+            kinds={"polars"},
+            description="Every row rejected from the benchmark and pool loads, with its location and reason.",
+        ),
     },
     deps=[pool_dataset],
     can_subset=True,
 )
 def raw_problems(
-    context: dg.AssetExecutionContext, config: PoolConfig, datasets: DatasetFiles, benchmark_problems: pl.DataFrame,
+    context: dg.AssetExecutionContext,
+    config: PoolConfig,
+    datasets: DatasetFiles,
+    benchmark_problems: pl.DataFrame,
     benchmark_rejected_problems: pl.DataFrame,
 ):
     path = config.file_path("pool", datasets)
     result = _load(config, datasets, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
-    if config.noisy_share:  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share
-        result = dataclasses.replace(result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed))
+    if (
+        config.noisy_share
+    ):  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share
+        result = dataclasses.replace(
+            result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed)
+        )
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
     if "raw_problems" in context.selected_output_names:
-        yield versioned(result.problems, output_name="raw_problems", **_load_metadata(result, config, path), **problem_summary(result.problems))
+        yield versioned(
+            result.problems,
+            output_name="raw_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
+        )
     if "rejected_problems" in context.selected_output_names:
         yield versioned(
-            rejected, output_name="rejected_problems", num_rows=rejected.height,
-            preview=dg.MetadataValue.md(markdown_table(rejected.select("split", "location", "kind", "reason"), max_rows=10)),
+            rejected,
+            output_name="rejected_problems",
+            summary=f"{rejected.height} rows",
+            num_rows=rejected.height,
+            preview=dg.MetadataValue.md(
+                markdown_table(rejected.select("split", "location", "kind", "reason"), max_rows=10)
+            ),
         )

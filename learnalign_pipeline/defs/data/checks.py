@@ -8,7 +8,12 @@ import dagster as dg
 
 
 def _rejected_share_check(asset: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name="rejected_share_within_limit", blocking=True, description=f"Fails when the share of {asset} rows rejected exceeds max_rejected_share.")
+    @dg.asset_check(
+        asset=asset,
+        name="rejected_share_within_limit",
+        blocking=True,
+        description=f"Fails when the share of {asset} rows rejected exceeds max_rejected_share.",
+    )
     def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
         if event is None or event.asset_materialization is None:
@@ -22,7 +27,11 @@ def _rejected_share_check(asset: str) -> dg.AssetChecksDefinition:
             f"{meta['rejected']} of {meta['rows_read']} rows of {meta['source']} rejected ({share:.2%}), {verdict} the limit of "
             f"{limit:.2%}" + ("" if passed else "; see the rejected_problems table for each row's location and reason")
         )
-        return dg.AssetCheckResult(passed=passed, description=description, metadata={**counts, "rejected_share": share, "max_rejected_share": limit})
+        return dg.AssetCheckResult(
+            passed=passed,
+            description=description,
+            metadata={**counts, "rejected_share": share, "max_rejected_share": limit},
+        )
 
     return check
 

@@ -8,38 +8,27 @@ nothing. The observations run on a cron through the automation sensor (`defs/aut
 Which files are watched is the `datasets` resource's business, not per-run config: runs the automation sensor
 launches carry no run config, so the location must be part of the code location (env `LEARNALIGN_POOL_PATH` /
 `LEARNALIGN_BENCHMARK_PATH`). With no file configured the splits come from the embedded arithmetic generator;
-the observed version is then the sha256 of the generator's source code (`core/arithmetic.py`), the only thing
+the observed version is then the sha256 of the generator's source code (`core/data/arithmetic.py`), the only thing
 outside run config that can change its output.
 """
 
-import hashlib
 import inspect
 import os
 
 import dagster as dg
-from pydantic import Field
 
-from ...core import arithmetic
-from ...core.fingerprint import fingerprint
+from ...core.data import arithmetic
+from ...core.data.fingerprint import fingerprint
+from ...core.storage.hashing import sha256_bytes
+from ...lib.resources import DatasetFiles
 
 # How often the dataset files are re-hashed (cheap next to everything they feed); override per deployment.
 OBSERVE_CRON = os.environ.get("LEARNALIGN_OBSERVE_CRON", "*/15 * * * *")
 
 
-class DatasetFiles(dg.ConfigurableResource):
-    """The dataset files the problem splits read when their config has `source="datasets"` (the default).
-    An empty path means the embedded arithmetic generator."""
-
-    pool_path: str = Field(default="", description="candidate pool: local path or fsspec URL; empty = embedded generator")
-    benchmark_path: str = Field(default="", description="held-out split: local path or fsspec URL; empty = embedded generator")
-
-    def path_for(self, split: str) -> str:
-        return {"pool": self.pool_path, "test": self.benchmark_path}[split]
-
-
 def generator_version() -> str:
     """The embedded generator's observed version: the sha256 of its source code."""
-    return hashlib.sha256(inspect.getsource(arithmetic).encode()).hexdigest()
+    return sha256_bytes(inspect.getsource(arithmetic).encode())
 
 
 def observe_split(datasets: DatasetFiles, split: str) -> dg.ObserveResult:
@@ -47,18 +36,25 @@ def observe_split(datasets: DatasetFiles, split: str) -> dg.ObserveResult:
     if not path:
         return dg.ObserveResult(
             data_version=dg.DataVersion(generator_version()),
-            metadata={"source": "embedded arithmetic generator", "fingerprint": "sha256 of core/arithmetic.py"},
+            metadata={"source": "embedded arithmetic generator", "fingerprint": "sha256 of core/data/arithmetic.py"},
         )
     found = fingerprint(path)
     return dg.ObserveResult(
         data_version=dg.DataVersion(found.sha256),
-        metadata={"source": dg.MetadataValue.path(path), "files": found.files, "bytes": found.bytes, "sha256": found.sha256},
+        metadata={
+            "source": dg.MetadataValue.path(path),
+            "files": found.files,
+            "bytes": found.bytes,
+            "sha256": found.sha256,
+        },
     )
 
 
 def _observable_split(name: str, split: str, description: str):
     @dg.observable_source_asset(
-        name=name, group_name="data", description=description,
+        name=name,
+        group_name="data",
+        description=description,
         automation_condition=dg.AutomationCondition.on_cron(OBSERVE_CRON),
     )
     def observe(datasets: DatasetFiles) -> dg.ObserveResult:
@@ -68,15 +64,6 @@ def _observable_split(name: str, split: str, description: str):
 
 
 pool_dataset = _observable_split("pool_dataset", "pool", "The pool's raw file(s); data version = content fingerprint.")
-benchmark_dataset = _observable_split("benchmark_dataset", "test", "The benchmark's raw file(s); data version = content fingerprint.")
-
-
-@dg.definitions
-def dataset_resources() -> dg.Definitions:
-    return dg.Definitions(
-        resources={
-            "datasets": DatasetFiles(
-                pool_path=os.environ.get("LEARNALIGN_POOL_PATH", ""), benchmark_path=os.environ.get("LEARNALIGN_BENCHMARK_PATH", "")
-            )
-        }
-    )
+benchmark_dataset = _observable_split(
+    "benchmark_dataset", "test", "The benchmark's raw file(s); data version = content fingerprint."
+)

@@ -3,7 +3,7 @@ one Dask task. Point it at a scheduler with run config
 `execution: {config: {cluster: {existing: {address: "tcp://host:8786"}}}}` (or `local: {...}` to start one).
 Workers must reach the artifact and row-cache roots (shared storage on a real cluster) and see the same
 `LEARNALIGN_HOME`. Launch with `LEARNALIGN_GPU_POOL=""` in the launcher's and the workers' environment:
-dagster-dask 0.29.27 cannot submit a run with pooled steps (see `constants.GPU_POOL`).
+dagster-dask 0.29.27 cannot submit a run with pooled steps (see `lib/tags.py` GPU_POOL).
 """
 
 import dagster as dg
@@ -17,10 +17,3 @@ sharded_stages_on_dask = dg.define_asset_job(
     executor_def=dask_executor,
     description="Rollouts and gradient features with each shard a Dask task (upstream assets must be materialized).",
 )
-
-
-def sharded_stages_on_dask_job() -> dg.JobDefinition:
-    """The job, importable at module scope so `dg.reconstructable` can rebuild it on the workers."""
-    from ...definitions import defs
-
-    return defs().resolve_job_def("sharded_stages_on_dask")

@@ -1,20 +1,18 @@
 """Learnability, LearnAlign alignment and the selected subset (LearnAlign steps 2 and 4)."""
 
-
 import json
-from typing import Literal
 
 import dagster as dg
 import polars as pl
 import torch
-from pydantic import Field
 
-from ...core.artifacts import TensorBundle
-from ...core.noise import noisy_flags
-from ...core.scoring import alignment_matrix, learnability, learnalign_scores, top_n
-from ...core.selection_methods import METHODS, SelectionSignals, select
-from ..metadata import markdown_table
-from ..versioning import versioned
+from ...core.data.noise import noisy_flags
+from ...core.selection.config import AlignmentConfig, SelectionConfig
+from ...core.selection.methods import SelectionSignals, select
+from ...core.selection.scoring import alignment_matrix, learnability, learnalign_scores, top_n
+from ...core.storage.artifacts import TensorBundle
+from ...lib.config import config_view
+from ...lib.outputs import markdown_table, versioned
 
 
 @dg.asset(group_name="selection", code_version="1", kinds={"polars"})
@@ -24,12 +22,17 @@ def learnability_scores(success_rates: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     frame = success_rates.select("problem_id", "success_rate").with_columns(
         pl.Series("learnability", learnability(rates).numpy())
     )
-    return versioned(frame, mean_learnability=float(frame["learnability"].mean()), nonzero=int((frame["learnability"] > 0).sum()))
+    nonzero = int((frame["learnability"] > 0).sum())
+    return versioned(
+        frame,
+        summary=f"V > 0 for {nonzero} of {frame.height} problems",
+        mean_learnability=float(frame["learnability"].mean()),
+        nonzero=nonzero,
+    )
 
 
-class AlignmentConfig(dg.Config):
-    include_self: bool = Field(default=True, description="keep the j = i term of LearnAlign's row average")
-    max_matrix_problems: int = Field(default=256, description="store the explicit n x n matrix only up to this n")
+class AlignmentRunConfig(config_view(AlignmentConfig)):
+    """LearnAlign's row average (core/selection/config.py AlignmentConfig)."""
 
 
 @dg.multi_asset(
@@ -46,10 +49,12 @@ class AlignmentConfig(dg.Config):
         ),
     },
 )
-def alignment(config: AlignmentConfig, learnability_scores: pl.DataFrame, projected_gradients: TensorBundle):
+def alignment(config: AlignmentRunConfig, learnability_scores: pl.DataFrame, projected_gradients: TensorBundle):
     """Computed in O(n d): mu = (1/n) sum_j V_j u_j, Avg_i = V_i <u_i, mu>. No n x n matrix is formed."""
     ids = json.loads(projected_gradients.metadata["problem_ids"])
-    frame = pl.DataFrame({"problem_id": ids}).join(learnability_scores, on="problem_id", how="left", maintain_order="left")
+    frame = pl.DataFrame({"problem_id": ids}).join(
+        learnability_scores, on="problem_id", how="left", maintain_order="left"
+    )
     if frame["learnability"].null_count():
         raise ValueError("projected_gradients and learnability_scores cover different problems; rematerialize both")
     weights = torch.tensor(frame["learnability"].to_numpy(), dtype=torch.float32)
@@ -59,13 +64,14 @@ def alignment(config: AlignmentConfig, learnability_scores: pl.DataFrame, projec
     yield versioned(
         frame,
         output_name="alignment_scores",
+        summary=f"{int((frame['score'] > 0).sum())} positive, {int((frame['score'] < 0).sum())} negative scores",
         positive_scores=int((frame["score"] > 0).sum()),
         negative_scores=int((frame["score"] < 0).sum()),
     )
     if len(ids) <= config.max_matrix_problems:
         matrix = alignment_matrix(weights, unit)
         bundle = TensorBundle(tensors={"matrix": matrix}, metadata={"problem_ids": json.dumps(ids)})
-        yield versioned(bundle, output_name="alignment_matrix", problems=len(ids))
+        yield versioned(bundle, output_name="alignment_matrix", summary=f"{len(ids)} x {len(ids)}", problems=len(ids))
 
 
 def pool_signals(success_rates: pl.DataFrame, projected_gradients: TensorBundle, **optional) -> SelectionSignals:
@@ -84,7 +90,9 @@ def pool_signals(success_rates: pl.DataFrame, projected_gradients: TensorBundle,
     )
 
 
-def selection_frame(signals: SelectionSignals, picked: list[int], scores: torch.Tensor, raw_problems: pl.DataFrame) -> pl.DataFrame:
+def selection_frame(
+    signals: SelectionSignals, picked: list[int], scores: torch.Tensor, raw_problems: pl.DataFrame
+) -> pl.DataFrame:
     """The selected problems, best first: rank, score, success rate, the pool row and whether its gold is noisy."""
     chosen = pl.DataFrame(
         {
@@ -99,31 +107,27 @@ def selection_frame(signals: SelectionSignals, picked: list[int], scores: torch.
     return subset.with_columns(noisy_flags(subset))
 
 
-SelectionMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Methods whose signals come from the comparison group's assets, not from this stage's inputs.
 COMPARISON_ONLY = {
-    "gradalign", "gradalign_dot", "gradalign_unit_mean", "gradalign_learnability", "gradalign_bottom",
-    "learnalign_no_warmup", "limr", "perplexity_top", "ifd",
+    "gradalign",
+    "gradalign_dot",
+    "gradalign_unit_mean",
+    "gradalign_learnability",
+    "gradalign_bottom",
+    "learnalign_no_warmup",
+    "limr",
+    "perplexity_top",
+    "ifd",
 }
 
 
-class SelectionConfig(dg.Config):
-    budget: int = Field(default=256, description="N: problems selected for RL training")
-    method: SelectionMethod = Field(
-        default="learnalign",
-        description=(
-            "scoring rule (core/selection_methods.py, each documented with its formula): learnalign (default), "
-            "learnalign_no_learnability, learnalign_dot, random, accgreedy, accuracy_band, gradient_norm, "
-            "response_length, full_data here; gradalign*, learnalign_no_warmup, limr, perplexity_top and ifd need "
-            "the signals of the `comparison` group and are selected by its `comparison_subsets` asset"
-        ),
-    )
-    seed: int = Field(default=0, description="seed of the random and accuracy_band draws")
+class SelectionRunConfig(config_view(SelectionConfig)):
+    """The subset RL trains on (core/selection/config.py SelectionConfig)."""
 
 
 @dg.asset(group_name="selection", code_version="2", kinds={"polars"})
 def selected_subset(
-    config: SelectionConfig,
+    config: SelectionRunConfig,
     alignment_scores: pl.DataFrame,
     success_rates: pl.DataFrame,
     projected_gradients: TensorBundle,
@@ -137,7 +141,9 @@ def selected_subset(
     if config.method == "learnalign":  # the stage's own alignment asset (include_self etc. configured there)
         order = {pid: i for i, pid in enumerate(signals.problem_ids)}
         scores = torch.zeros(len(order), dtype=torch.float64)
-        scores[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(alignment_scores["score"].to_numpy(), dtype=torch.float64)
+        scores[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(
+            alignment_scores["score"].to_numpy(), dtype=torch.float64
+        )
         picked = top_n(scores, signals.problem_ids, config.budget)
     else:
         picked, scores = select(config.method, signals, config.budget, config.seed)
@@ -145,11 +151,16 @@ def selected_subset(
     by_category = subset.group_by("category").len().sort("category")
     return versioned(
         subset,
+        summary=f"{subset.height} problems by {config.method}, mean p {subset['success_rate'].mean() if subset.height else 0:.2f}",
         method=config.method,
         budget=config.budget,
         selected=subset.height,
         noisy_share=float(subset["noisy"].mean()) if subset.height else 0.0,
         mean_success_rate=float(subset["success_rate"].mean()) if subset.height else None,
-        category_counts=dg.MetadataValue.json(dict(zip(by_category["category"].to_list(), by_category["len"].to_list()))),
-        top=dg.MetadataValue.md(markdown_table(subset.select("rank", "problem_id", "score", "success_rate", "prompt"), max_rows=10)),
+        category_counts=dg.MetadataValue.json(
+            dict(zip(by_category["category"].to_list(), by_category["len"].to_list()))
+        ),
+        top=dg.MetadataValue.md(
+            markdown_table(subset.select("rank", "problem_id", "score", "success_rate", "prompt"), max_rows=10)
+        ),
     )

@@ -1,0 +1,66 @@
+"""Pools with unreliable rewards: a seeded share of problems gets a wrong gold answer (GradAlign's regime 1).
+
+A noisy problem keeps its question; its `answer` is replaced, its id is recomputed from the new (prompt, answer)
+pair like any other problem, and its `extra` JSON records `"noisy": true` and the clean answer, so every later
+table can report how many noisy problems it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+import polars as pl
+
+from ..storage.hashing import problem_id, seeded_uniform
+
+NoiseKind = Literal["wrong", "random"]
+
+
+def _wrong_answer(answer: str, draw: float) -> str | None:
+    """gold + a nonzero offset in [-9, 9] \\ {0} for numeric golds; None when the gold is not a number."""
+    try:
+        value = Decimal(answer.replace(",", ""))
+    except InvalidOperation:
+        return None
+    offset = 1 + int(draw * 9)  # 1..9
+    return str(value + (offset if draw * 1e6 % 2 < 1 else -offset))
+
+
+def mark_noisy(problems: pl.DataFrame, share: float, kind: NoiseKind = "wrong", seed: int = 0) -> pl.DataFrame:
+    """`problems` with round(share * n) of them (the smallest seeded hashes of their ids) given a wrong gold.
+
+    kind="wrong": gold + a nonzero offset (non-numeric golds fall back to "random"); kind="random": the gold of
+    another noisy problem (a cyclic shift among them), so the answer is plausible but unrelated to the question.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError("noisy share must be in [0, 1]")
+    count = round(share * problems.height)
+    if count == 0:
+        return problems
+    ids = problems["problem_id"].to_list()
+    draws = seeded_uniform(ids, seed)
+    noisy_rows = sorted(range(len(ids)), key=lambda i: (draws[i], ids[i]))[:count]
+    answers = problems["answer"].to_list()
+    shifted = {row: answers[noisy_rows[(k + 1) % count]] for k, row in enumerate(noisy_rows)}
+    new_ids, new_answers, extras = list(ids), list(answers), problems["extra"].to_list()
+    prompts = problems["prompt"].to_list()
+    for row in noisy_rows:
+        replacement = _wrong_answer(answers[row], draws[row]) if kind == "wrong" else None
+        if replacement is None or replacement == answers[row]:
+            replacement = shifted[row] if shifted[row] != answers[row] else f"{answers[row]}1"
+        extra = json.loads(extras[row] or "{}")
+        extras[row] = json.dumps(
+            {**extra, "noisy": True, "noise_kind": kind, "clean_answer": answers[row]}, sort_keys=True
+        )
+        new_answers[row] = replacement
+        new_ids[row] = problem_id(prompts[row], replacement)
+    return problems.with_columns(
+        pl.Series("problem_id", new_ids), pl.Series("answer", new_answers), pl.Series("extra", extras)
+    )
+
+
+def noisy_flags(problems: pl.DataFrame) -> pl.Series:
+    """Boolean per row: was this problem's gold answer corrupted by `mark_noisy`."""
+    return problems["extra"].str.json_path_match("$.noisy").fill_null("false").eq("true").alias("noisy")

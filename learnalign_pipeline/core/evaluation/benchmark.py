@@ -1,0 +1,87 @@
+"""Benchmarks: pass@1 of a policy on a problem set, with what the number means recorded beside it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import polars as pl
+
+from ..policy.generation import GenerationBackend, SamplingSpec
+from ..policy.rollouts import sample_rollouts
+from ..selection.config import BackendName
+from ..settings import require, setting
+from ..task.prompts import PromptFormat
+from ..task.verify import Verifier
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """How the policies are benchmarked: greedy pass@1 always; optionally also the mean over n samples per problem
+    (the RLVR papers' avg@n)."""
+
+    backend: BackendName = setting("transformers", "generation engine: transformers or vllm")
+    fewshot: int = setting(
+        0,
+        "worked exemplars before each question: the first n pool problems with a solution (lm-eval's first_n; 5 for gsm8k)",
+    )
+    sampled_n: int = setting(0, "samples per problem for mean-of-n sampled pass@1 (0: greedy only)")
+    sampled_temperature: float = setting(0.6, "temperature of the sampled pass@1")
+    sampled_top_p: float = setting(0.95, "top-p of the sampled pass@1")
+
+    def __post_init__(self) -> None:
+        require(self.fewshot >= 0, "fewshot", "must be >= 0")
+        require(self.sampled_n >= 0, "sampled_n", "must be >= 0")
+
+    def decodings(self, max_new_tokens: int) -> list[SamplingSpec]:
+        """Greedy, then the sampled decoding when `sampled_n` > 0."""
+        specs = [SamplingSpec.greedy(max_new_tokens)]
+        if self.sampled_n:
+            specs.append(SamplingSpec(self.sampled_n, self.sampled_temperature, self.sampled_top_p, max_new_tokens))
+        return specs
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    policy: str
+    benchmark: str
+    num_problems: int
+    num_correct: int  # greedy: problems solved; sampled: correct samples
+    accuracy: float  # pass@1: greedy accuracy, or the mean over n samples per problem
+    template: str
+    decoding: str  # "greedy" or "sampled n=<n> T=<t> top_p=<p>"
+    max_new_tokens: int
+    verifier: str
+    backend: str
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def pass_at_1(
+    backend: GenerationBackend,
+    problems: pl.DataFrame,
+    verifier: Verifier,
+    template: str | PromptFormat,
+    spec: SamplingSpec,
+    policy: str,
+    benchmark: str,
+    seed: int = 0,
+) -> tuple[BenchmarkResult, pl.DataFrame]:
+    """(summary, per-sample completions and rewards). Greedy when spec.temperature == 0; otherwise the unbiased
+    mean-of-n estimate of sampled pass@1 (every problem gets spec.num_samples samples)."""
+    rollouts = sample_rollouts(backend, problems, spec, verifier, template, base_seed=seed)
+    correct = int(rollouts["reward"].sum())
+    greedy = spec.temperature == 0
+    result = BenchmarkResult(
+        policy=policy,
+        benchmark=benchmark,
+        num_problems=problems.height,
+        num_correct=correct,
+        accuracy=correct / rollouts.height if rollouts.height else float("nan"),
+        template=template.name if isinstance(template, PromptFormat) else template,
+        decoding="greedy" if greedy else f"sampled n={spec.num_samples} T={spec.temperature} top_p={spec.top_p}",
+        max_new_tokens=spec.max_new_tokens,
+        verifier=verifier.name,
+        backend=backend.name,
+    )
+    return result, rollouts.with_columns(pl.lit(policy).alias("policy"))

@@ -1,0 +1,87 @@
+"""The settings of selection: the scoring rollouts, the projected gradient features, the alignment and the subset.
+Every default lives here once; the Dagster run configs are generated from these classes (`lib/config.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..settings import require, setting
+from .capture import Scope
+from .methods import METHODS
+from .projection import DenseProjector, KroneckerProjector, Projector
+
+BackendName = Literal["transformers", "vllm"]
+SelectionMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """K samples per pool problem from the warm-up policy, whose success rate p is the learnability signal
+    (LearnAlign: K = 8 at temperature 1.0)."""
+
+    num_samples: int = setting(8, "samples per problem (K)")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_p: float = setting(1.0, "nucleus sampling threshold")
+    seed: int = setting(0, "base seed; a problem's seed derives from it and the problem id")
+    backend: BackendName = setting("transformers", "generation engine: transformers or vllm")
+    problems_per_file: int = setting(64, "problems per published row-cache file: the unit a crash can lose")
+
+    def __post_init__(self) -> None:
+        require(self.num_samples >= 1, "num_samples", "must be >= 1")
+        require(self.problems_per_file >= 1, "problems_per_file", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How per-problem gradients are projected (LearnAlign step 3). Both projections are seeded per layer and
+    never materialize the full projection matrix."""
+
+    projection: Literal["kronecker", "dense"] = setting(
+        "kronecker", "kronecker: LoGra factored projection; dense: Rademacher JL (LESS/TRAK)"
+    )
+    kronecker_in: int = setting(16, "kronecker: projected width of each layer's input")
+    kronecker_out: int = setting(16, "kronecker: projected width of each layer's output gradient")
+    output_width: int | None = setting(None, "kronecker: optional second projection to this width")
+    dense_width_per_layer: int = setting(256, "dense: projected width per layer")
+    scope: Scope = setting("all_linear", "which linear layers count: all_linear, last_blocks or attention")
+    last_blocks: int = setting(1, "with scope=last_blocks: how many final blocks")
+    seed: int = setting(0, "projection seed")
+    problems_per_batch: int = setting(
+        4, "expected problems per batched forward/backward (content-defined batches; at most 8x this)"
+    )
+    on_nonfinite: Literal["fail", "exclude"] = setting(
+        "fail", "NaN/inf features: fail naming the problems, or zero them (scored like p in {0,1}) and count them"
+    )
+
+    def projector(self) -> Projector:
+        if self.projection == "dense":
+            return DenseProjector(self.dense_width_per_layer, self.seed)
+        return KroneckerProjector(self.kronecker_in, self.kronecker_out, self.seed, self.output_width)
+
+    @property
+    def scope_name(self) -> str:
+        return self.scope if self.scope != "last_blocks" else f"last_blocks:{self.last_blocks}"
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """LearnAlign's row average Avg_i = V_i <u_i, mu> (and, for small pools, the explicit matrix)."""
+
+    include_self: bool = setting(True, "keep the j = i term of LearnAlign's row average")
+    max_matrix_problems: int = setting(256, "store the explicit n x n matrix only up to this n")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """The subset RL trains on: the top `budget` problems by a scoring rule."""
+
+    budget: int = setting(256, "N: problems selected for RL training")
+    method: SelectionMethod = setting(
+        "learnalign",
+        "scoring rule (core/selection/methods.py, each documented with its formula): learnalign (default), "
+        "learnalign_no_learnability, learnalign_dot, random, accgreedy, accuracy_band, gradient_norm, "
+        "response_length, full_data here; gradalign*, learnalign_no_warmup, limr, perplexity_top and ifd need "
+        "the signals of the `comparison` group and are selected by its `comparison_subsets` asset",
+    )
+    seed: int = setting(0, "seed of the random and accuracy_band draws")

@@ -1,0 +1,140 @@
+"""Artifact files: Parquet tables, safetensors tensors and `save_pretrained` checkpoint directories.
+
+Every artifact is content-addressed (its path holds the sha256 of its bytes), written to a temporary name and
+published with an atomic rename, so a reader sees a whole artifact or none, and a finished artifact is never
+overwritten. Loading verifies the recorded digest, so a tampered or truncated file is refused. Nothing is
+pickled: Parquet, safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import safetensors.torch
+import torch
+from safetensors.torch import load as load_safetensors  # safetensors' own parser: no pickle
+
+from .hashing import sha256_bytes, tree_digest
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """An artifact's bytes do not match the digest recorded when it was written."""
+
+
+@dataclass(frozen=True)
+class TensorBundle:
+    """Named tensors plus string metadata, stored as one safetensors file."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A `save_pretrained` directory (model + tokenizer)."""
+
+    path: Path
+
+
+def frame_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    return buffer.getvalue()
+
+
+# safetensors writes `__metadata__` from a hash map, so several keys come out in varying order; one entry
+# holding canonical JSON keeps the file bytes (and so the content digest) deterministic.
+METADATA_KEY = "learnalign"
+
+
+def bundle_bytes(bundle: TensorBundle) -> bytes:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.tensors.items()}
+    return safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(bundle.metadata, sort_keys=True)})
+
+
+def encode(value) -> tuple[bytes, str]:
+    """(bytes, file suffix) of a table or tensor bundle."""
+    if isinstance(value, pl.DataFrame):
+        return frame_bytes(value), ".parquet"
+    if isinstance(value, TensorBundle):
+        return bundle_bytes(value), ".safetensors"
+    raise TypeError(f"cannot store {type(value).__name__}: use a polars DataFrame, TensorBundle or Checkpoint")
+
+
+def content_digest(value) -> str:
+    """The sha256 an artifact of `value` is stored under; also its Dagster data version."""
+    if isinstance(value, Checkpoint):
+        return tree_digest(value.path)
+    return sha256_bytes(encode(value)[0])
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that no reader ever sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def publish_directory(staging: Path, final: Path) -> Path:
+    """Move a finished staging directory to its content-addressed home with one rename.
+
+    If `final` already exists it holds identical content (same digest), so the staging copy is discarded.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for path in Path(staging).rglob("*"):  # contents on disk before the rename makes them visible
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def write_artifact(value, directory: Path) -> tuple[Path, str]:
+    """Store `value` under `directory` named by its digest; returns (path, sha256)."""
+    if isinstance(value, Checkpoint):
+        digest = tree_digest(value.path)
+        return publish_directory(Path(value.path), directory / digest[:16]), digest
+    data, suffix = encode(value)
+    digest = sha256_bytes(data)
+    path = directory / f"{digest[:16]}{suffix}"
+    if not path.exists():
+        atomic_write_bytes(path, data)
+    return path, digest
+
+
+def read_artifact(path: Path, expected_sha256: str | None = None):
+    """Load a stored artifact by its suffix, refusing it if its digest differs from `expected_sha256`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"artifact {path} does not exist")
+    if path.is_dir():
+        if expected_sha256 and tree_digest(path) != expected_sha256:
+            raise ArtifactIntegrityError(f"checkpoint {path} does not match its recorded digest {expected_sha256[:16]}")
+        return Checkpoint(path)
+    data = path.read_bytes()
+    if expected_sha256 and sha256_bytes(data) != expected_sha256:
+        raise ArtifactIntegrityError(f"artifact {path} does not match its recorded digest {expected_sha256[:16]}")
+    if path.suffix == ".parquet":
+        return pl.read_parquet(io.BytesIO(data))
+    if path.suffix == ".safetensors":
+        tensors = load_safetensors(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        return TensorBundle(tensors=tensors, metadata=json.loads(metadata.get(METADATA_KEY, "{}")))
+    raise ValueError(f"unknown artifact type {path.suffix!r} at {path}")

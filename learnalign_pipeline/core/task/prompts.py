@@ -1,0 +1,48 @@
+"""Prompt templates: how a problem becomes the text a policy continues.
+
+The template is part of what a benchmark number means, so it has a name that is recorded beside every result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEMPLATES: dict[str, str] = {
+    # The tiny built-in policy is trained on exactly this format; its completions end in "#### <answer>".
+    "qa": "Q: {prompt}\nA:",
+    # lm-evaluation-harness gsm8k; with `shots` it is lm-eval's few-shot prompt (5-shot: the first 5 train problems).
+    "lm_eval_gsm8k": "Question: {prompt}\nAnswer:",
+    # The RLVR papers' zero-shot instruction for chat models (use with chat=True).
+    "boxed": "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+}
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """A template, optional worked exemplars before the question, optionally wrapped in the model's chat template."""
+
+    template: str = "qa"
+    shots: tuple[tuple[str, str], ...] = ()  # (question, worked answer) pairs, in order
+    chat: bool = False  # apply the tokenizer's chat template (instruct models)
+
+    @property
+    def name(self) -> str:
+        return f"{self.template}{f'_{len(self.shots)}shot' if self.shots else ''}{'_chat' if self.chat else ''}"
+
+    def render(self, question: str, tokenizer=None) -> str:
+        if self.template not in TEMPLATES:
+            raise ValueError(f"unknown prompt template {self.template!r}; known: {sorted(TEMPLATES)}")
+        form = TEMPLATES[self.template]
+        text = "".join(f"{form.format(prompt=q)} {a}\n\n" for q, a in self.shots) + form.format(prompt=question)
+        if not self.chat:
+            return text
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat=True needs a tokenizer with a chat template (instruct models have one)")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+
+
+def render(template: str | PromptFormat, prompt: str, tokenizer=None) -> str:
+    fmt = template if isinstance(template, PromptFormat) else PromptFormat(template)
+    return fmt.render(prompt, tokenizer)

@@ -1,0 +1,118 @@
+"""The settings of training: GRPO (warm-up, training on the selected subset, comparison runs, curriculum rounds)
+and the supervised pre-training of the built-in policy. Every default lives here once; the Dagster run configs
+and the `grpo_loss` resource are generated from these classes (`lib/config.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..data.arithmetic import DEFAULT_SHORTCUT_RATES
+from ..policy.generation import SamplingSpec
+from ..settings import require, setting
+from .grpo import Aggregation, GRPOLossConfig
+
+# The fields that define the loss. Warm-up, the gradient features and training must use the same values, so
+# Dagster binds them once (the `grpo_loss` resource) instead of per stage.
+LOSS_FIELDS = ("beta", "clip_epsilon", "scale_rewards", "aggregation")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """On-policy GRPO: each step samples `num_samples` completions for `problems_per_step` problems from the live
+    policy, rewards them with the task's verifier and takes one AdamW step on the mean per-problem loss.
+
+    > Generation (the rollouts training samples)
+        num_samples, temperature
+    > Loss (also what the gradient features differentiate)
+        beta, clip_epsilon, scale_rewards, advantage_eps, aggregation
+    > Optimisation
+        learning_rate, weight_decay, max_grad_norm
+    > Schedule and robustness
+        steps, problems_per_step, seed, checkpoint_every, on_nonfinite
+
+    The completion length and prompt format come from the task (`core/task/config.py`), shared with every stage.
+    """
+
+    num_samples: int = setting(8, "rollouts per problem (group size G)")
+    temperature: float = setting(1.0, "sampling temperature of the rollouts")
+
+    beta: float = setting(
+        0.04, "weight of the k3 KL estimate against the reference policy (LearnAlign: 0.04; 0 disables it)"
+    )
+    clip_epsilon: float = setting(0.2, "PPO clip range of the importance ratio")
+    scale_rewards: bool = setting(True, "divide advantages by the group's reward std (GRPO); False gives Dr. GRPO")
+    advantage_eps: float = setting(1e-4, "added to the group's reward std before dividing")
+    aggregation: Aggregation = setting(
+        "sample_mean", "per-problem loss normalizer: sample_mean (GRPO), token_mean, constant (Dr. GRPO)"
+    )
+
+    learning_rate: float = setting(3e-4, "AdamW learning rate (the papers use 1e-6 for 1.5B models)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+
+    steps: int = setting(60, "optimizer steps; each samples a fresh batch of problems")
+    problems_per_step: int = setting(32, "problems per step (each with num_samples rollouts)")
+    seed: int = setting(0, "seed of batch order and sampling")
+    checkpoint_every: int = setting(
+        10,
+        "save the full training state (weights, optimizer, RNG, log) every this many steps, so a killed run resumes "
+        "from it and ends bitwise equal to an uninterrupted one; 0 disables it. Does not change the result.",
+    )
+    on_nonfinite: Literal["fail", "exclude"] = setting(
+        "fail", "NaN/inf problem losses: fail naming them, or leave them out of the step and count them"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "temperature", "GRPO samples its rollouts: must be > 0")
+        require(self.beta >= 0, "beta", "must be >= 0")
+        require(self.clip_epsilon > 0, "clip_epsilon", "must be > 0")
+
+    def loss(self, max_new_tokens: int) -> GRPOLossConfig:
+        """The loss these settings define, for completions of at most `max_new_tokens` tokens."""
+        return GRPOLossConfig(
+            beta=self.beta,
+            clip_epsilon=self.clip_epsilon,
+            scale_rewards=self.scale_rewards,
+            advantage_eps=self.advantage_eps,
+            aggregation=self.aggregation,
+            max_completion_tokens=max_new_tokens,
+        )
+
+    def sampling(self, max_new_tokens: int) -> SamplingSpec:
+        return SamplingSpec(
+            num_samples=self.num_samples, temperature=self.temperature, top_p=1.0, max_new_tokens=max_new_tokens
+        )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The base policy: the built-in tiny policy pre-trained on generated worked solutions (its shape is
+    `core/policy/model.py` TinyPolicyConfig), or an existing `save_pretrained` directory (a real model).
+
+    > Base model
+        model_path
+    > Corpus
+        corpus_size, corpus_seed, shortcut_rates
+    > Optimisation (AdamW, linear warm-up then linear decay)
+        steps, batch_size, learning_rate, warmup_steps, seed
+    """
+
+    model_path: str | None = setting(
+        None, "a save_pretrained directory to use as the base policy instead of the built-in one"
+    )
+    corpus_size: int = setting(40_000, "generated pre-training examples")
+    corpus_seed: int = setting(3, "generator seed of the corpus")
+    shortcut_rates: dict[str, float] = setting(
+        dict(DEFAULT_SHORTCUT_RATES),
+        "share of each family's examples that show a wrong shortcut solution (leaves room for RL)",
+    )
+    steps: int = setting(1000, "optimizer steps")
+    batch_size: int = setting(64, "examples per step")
+    learning_rate: float = setting(3e-3, "peak AdamW learning rate")
+    warmup_steps: int = setting(30, "steps of linear learning-rate warm-up")
+    seed: int = setting(0, "seed of initialization and batch order")
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -1,0 +1,11 @@
+"""GradAlign's adaptive curriculum as one job (materialize learnalign_job first)."""
+
+import dagster as dg
+
+from .assets import GROUP
+
+gradalign_curriculum_job = dg.define_asset_job(
+    "gradalign_curriculum_job",
+    selection=dg.AssetSelection.groups(GROUP) | dg.AssetSelection.assets("validation_problems"),
+    description="Rounds of (score a chunk with the current policy, keep the top M/q, train T GRPO steps).",
+)

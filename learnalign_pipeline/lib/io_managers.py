@@ -1,0 +1,64 @@
+"""IO managers. Asset values become content-addressed, verified artifact files (never a pickle); the small JSON
+values a sharded stage passes between its plan, shard and collect steps are files of their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from ..core.storage.artifacts import TensorBundle, atomic_write_bytes, read_artifact, write_artifact
+
+STEP_IO_MANAGER = "step_io_manager"
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Stores tables as Parquet, tensors as safetensors and checkpoints as directories under
+    `<root>/<asset key>/<sha256[:16]>`, and loads the version recorded by the upstream materialization, checking
+    its digest."""
+
+    root: str  # local path or any path the machine running the step can reach (shared storage on a cluster)
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        path, digest = write_artifact(obj, Path(self.root).joinpath(*context.asset_key.path))
+        metadata: dict = {"path": dg.MetadataValue.path(str(path)), "sha256": digest}
+        if isinstance(obj, pl.DataFrame):
+            metadata["dagster/row_count"] = obj.height
+            metadata["dagster/column_schema"] = dg.TableSchema(
+                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in obj.schema.items()]
+            )
+        elif isinstance(obj, TensorBundle):
+            metadata["tensors"] = dg.MetadataValue.json(
+                {k: [str(v.dtype), list(v.shape)] for k, v in obj.tensors.items()}
+            )
+        context.add_output_metadata(metadata)
+
+    def load_input(self, context: dg.InputContext):
+        key = context.asset_key
+        event = context.instance.get_latest_materialization_event(key)
+        if event is None or event.asset_materialization is None:
+            raise FileNotFoundError(f"{key.to_user_string()} has not been materialized")
+        metadata = event.asset_materialization.metadata
+        if "path" not in metadata:
+            raise FileNotFoundError(f"the latest materialization of {key.to_user_string()} recorded no artifact path")
+        return read_artifact(Path(metadata["path"].value), metadata["sha256"].value if "sha256" in metadata else None)
+
+
+class JsonStepIOManager(dg.ConfigurableIOManager):
+    """Stores an op output (a JSON value) at `<root>/.steps/<run id>/<step key>/<output>.json`, atomically."""
+
+    root: str
+
+    def _path(self, context: dg.OutputContext) -> Path:
+        name = context.name + (f"[{context.mapping_key}]" if context.mapping_key else "")
+        return Path(self.root) / ".steps" / context.run_id / context.step_key / f"{name}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        atomic_write_bytes(self._path(context), json.dumps(obj, sort_keys=True).encode())
+
+    def load_input(self, context: dg.InputContext):
+        return json.loads(self._path(context.upstream_output).read_bytes())

@@ -1,0 +1,42 @@
+"""Tags of the heavy (accelerator) steps, so a cluster deployment places and limits them, and of the assets
+that automation leaves to people."""
+
+from __future__ import annotations
+
+import os
+
+# Requests for Dagster's Kubernetes executor / run launcher (dagster-k8s reads this op tag at launch).
+GPU_K8S_CONFIG = {
+    "container_config": {
+        "resources": {
+            "requests": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"},
+            "limits": {"nvidia.com/gpu": "1"},
+        }
+    },
+    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+}
+
+# LEARNALIGN_GPU_POOL="" drops the pool, for the Dask executor: dagster-dask 0.29.27 cannot submit a run that has
+# pooled steps (dask's task parser iterates the run's op-concurrency record, which dagster forbids). On Dask, limit
+# GPU tasks with worker resources instead. Launcher and workers must see the same value.
+GPU_POOL = os.environ.get("LEARNALIGN_GPU_POOL", "gpu") or None
+
+# Run on demand (`learnalign compare`, `learnalign curriculum`), never by automation: they train dozens of policies.
+MANUAL_TAG = "learnalign/automation"
+MANUAL = {MANUAL_TAG: "manual"}
+
+
+def gpu_op() -> dict:
+    """Step-level keyword arguments of an accelerator step: the `gpu` pool (limit it with
+    `dagster instance concurrency set gpu <n>`) and k8s resource requests."""
+    return {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": GPU_K8S_CONFIG}}
+
+
+def gpu_asset(*kinds: str, manual: bool = False) -> dict:
+    """Asset-level keyword arguments of an accelerator asset: kinds and a hardware tag (for `tag:hardware=gpu`)."""
+    return {"kinds": {"pytorch", *kinds}, "tags": {"hardware": "gpu", **(MANUAL if manual else {})}}
+
+
+def gpu_step(*kinds: str, manual: bool = False) -> dict:
+    """Everything an @asset on an accelerator needs (for a @multi_asset use gpu_op and gpu_asset per output)."""
+    return {**gpu_op(), **gpu_asset(*kinds, manual=manual)}

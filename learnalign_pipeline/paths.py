@@ -1,0 +1,11 @@
+"""Where this code location keeps its state: one rule for the CLI and the resources."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_home() -> Path:
+    """`LEARNALIGN_HOME` (default ./.learnalign): artifacts, row cache, results database, Dagster instance, logs."""
+    return Path(os.environ.get("LEARNALIGN_HOME", Path.cwd() / ".learnalign")).resolve()

@@ -1,0 +1,94 @@
+"""Run-config presets. The settings objects' defaults (core/*/config.py) are the embedded demo; these override them.
+
+Use one from Python (`job.execute_in_process(run_config=SMOKE)`) or the CLI (`learnalign demo --preset smoke`).
+"""
+
+from __future__ import annotations
+
+# The whole graph in about a minute on 2 CPU cores: for tests and a first look, not for meaningful numbers.
+SMOKE: dict = {
+    "ops": {
+        "benchmark_problems": {"config": {"num_problems": 60}},
+        "raw_problems": {"config": {"num_problems": 80}},
+        "pretrained_policy": {
+            "config": {"corpus_size": 2000, "steps": 80, "batch_size": 32, "vocab_size": 320, "intermediate_size": 128}
+        },
+        "warmup_policy": {"config": {"subset_size": 16, "steps": 2, "problems_per_step": 8, "num_samples": 4}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 4}},
+        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8}},
+        "selected_subset": {"config": {"budget": 16}},
+        "trained_policy": {"config": {"steps": 3, "problems_per_step": 8, "num_samples": 4}},
+        "benchmark_results": {"config": {"fewshot": 2, "sampled_n": 2}},
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
+# The comparison and curriculum jobs on top of a SMOKE run (same task settings), in seconds: for tests only.
+SMOKE_COMPARISON: dict = {
+    "ops": {
+        "validation_problems": {"config": {"size": 8}},
+        "validation_gradients": {"config": {"num_samples": 4}},
+        "cold_start_signals": {"config": {"num_samples": 4}},
+        "full_data_run": {"config": {"epochs": 2, "problems_per_step": 40, "num_samples": 4}},
+        "comparison_subsets": {"config": {"budgets": [8, 16], "seeds": [0, 1]}},
+        "comparison_results": {
+            "config": {
+                "methods": ["learnalign", "gradalign", "limr", "full_data"],
+                "steps": 2,
+                "problems_per_step": 8,
+                "num_samples": 4,
+                "eval_problems": 20,
+            }
+        },
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
+SMOKE_CURRICULUM: dict = {
+    "ops": {
+        "validation_problems": {"config": {"size": 8}},
+        **{
+            f"curriculum_selection_{r}": {
+                "config": {"chunk_size": 24, "keep": 8, "candidate_samples": 4, "validation_samples": 4}
+            }
+            for r in (1, 2)
+        },
+        **{
+            f"curriculum_policy_{r}": {"config": {"steps": 2, "problems_per_step": 8, "num_samples": 4}} for r in (1, 2)
+        },
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
+GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
+
+# LearnAlign's GSM8K setup, for a GPU: pool = GSM8K train, benchmark = GSM8K test, warm-up on 300 random pool
+# problems, groups of G=8 rollouts at temperature 1.0, GRPO beta=0.04 / eps=0.2 (GRPOConfig's defaults),
+# lr 1e-6, budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
+# The paper's policy is a pretrained 1.5B chat model: set pretrained_policy.model_path to its local directory.
+GSM8K_GPU: dict = {
+    "ops": {
+        "benchmark_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/test.jsonl", "format": "gsm8k"}},
+        "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
+        # Replace with a local or shared-storage save_pretrained directory (e.g. Qwen2.5-1.5B-Instruct).
+        "pretrained_policy": {"config": {"model_path": "/models/Qwen2.5-1.5B-Instruct"}},
+        "warmup_policy": {"config": {"subset_size": 300, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
+        "selected_subset": {"config": {"budget": 1000}},
+        "trained_policy": {"config": {"num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "benchmark_results": {"config": {"backend": "vllm"}},
+    },
+    "resources": {
+        "task": {"config": {"template": "lm_eval_gsm8k", "verifier": "numeric_flexible", "max_new_tokens": 512}},
+        "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
+        "generator": {"config": {"dtype": "bfloat16", "max_model_len": 1024, "gpu_memory_utilization": 0.85}},
+    },
+}
+
+PRESETS: dict[str, dict] = {
+    "smoke": SMOKE,
+    "demo": {},
+    "gsm8k_gpu": GSM8K_GPU,
+    "smoke_comparison": SMOKE_COMPARISON,
+    "smoke_curriculum": SMOKE_CURRICULUM,
+}

@@ -1,0 +1,146 @@
+"""The daily loop on a real on-disk Dagster instance: a watched dataset file is observed, declarative automation
+(the conditions the code location ships) decides what to run, and only what the edit affects is requested.
+
+Automation is evaluated with `dg.evaluate_automation_conditions`, passing the cursor from tick to tick the way the
+automation sensor does; the first tick only sets the baseline."""
+
+import datetime
+import json
+
+import dagster as dg
+import pytest
+
+from learnalign_pipeline.core.data.arithmetic import generate_problems
+from learnalign_pipeline.defs.data.sources import benchmark_dataset, pool_dataset
+from learnalign_pipeline.lib.resources import DatasetFiles
+
+DATA = ["benchmark_problems", "benchmark_rejected_problems", "raw_problems", "rejected_problems"]
+
+
+def _jsonl(problems) -> str:
+    return "".join(json.dumps({"question": p.prompt, "answer": p.solution}) + "\n" for p in problems)
+
+
+class Loop:
+    """One code location, one instance, and the automation cursor carried between ticks."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, datasets: DatasetFiles):
+        self.defs, self.instance, self.datasets = defs, instance, datasets
+        # Evaluation times start just after the next quarter hour, so the dataset observations' */15 cron does not
+        # fire in the middle of a test (one test uses fewer than 14 one-minute ticks); they stay ahead of the events.
+        now = datetime.datetime.now(datetime.UTC).replace(second=0, microsecond=0)
+        self.cursor, self.time = None, now + datetime.timedelta(minutes=16 - now.minute % 15)
+        self.keys = defs.resolve_asset_graph().get_all_asset_keys()
+
+    def observe(self) -> None:
+        sources = [pool_dataset, benchmark_dataset]
+        assert dg.materialize(
+            sources, selection=sources, instance=self.instance, resources={"datasets": self.datasets}
+        ).success
+
+    def tick(self, minutes: float = 1) -> set[str]:
+        """One automation evaluation `minutes` after the previous one; returns the asset keys it requests."""
+        self.time += datetime.timedelta(minutes=minutes)
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=self.time
+        )
+        self.cursor = result.cursor
+        return {k.to_user_string() for k in self.keys if result.get_num_requested(k)}
+
+    def run(self, keys, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def("learnalign_job")
+        result = job.execute_in_process(
+            run_config=run_config or {}, instance=self.instance, asset_selection=[dg.AssetKey(k) for k in keys]
+        )
+        assert result.success
+        return result
+
+    def version(self, key: str) -> str:
+        return self.instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.tags[
+            "dagster/data_version"
+        ]
+
+    def materializations(self, key: str) -> int:
+        return len(self.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records)
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """A file-backed pool and benchmark, watched through the `datasets` resource the code location builds from env."""
+    pool, test = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"
+    pool.write_text(_jsonl(generate_problems(30, seed=11)))
+    test.write_text(_jsonl(generate_problems(20, seed=12)))
+    monkeypatch.setenv("LEARNALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LEARNALIGN_POOL_PATH", str(pool))
+    monkeypatch.setenv("LEARNALIGN_BENCHMARK_PATH", str(test))
+    return pool, test
+
+
+@pytest.fixture
+def loop(files, tmp_path):
+    from learnalign_pipeline.definitions import defs
+
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        pool, test = files
+        loop = Loop(defs(), instance, DatasetFiles(pool_path=str(pool), benchmark_path=str(test)))
+        loop.run(["pool_dataset", "benchmark_dataset", *DATA])  # the job observes the sources, then loads
+        assert loop.tick() == set()  # baseline tick
+        yield loop
+
+
+def test_the_code_location_watches_the_configured_files(loop, files):
+    pool, _ = files
+    raw = loop.instance.get_latest_materialization_event(dg.AssetKey("raw_problems")).asset_materialization
+    assert raw.metadata["source"].value == str(pool) and raw.metadata["accepted"].value == 30
+    observation = loop.instance.fetch_observations(dg.AssetKey("pool_dataset"), limit=1).records[0].asset_observation
+    import hashlib
+
+    assert observation.data_version == hashlib.sha256(pool.read_bytes()).hexdigest()
+    # the materialization recorded which observed version it was built from
+    assert raw.tags["dagster/input_data_version/pool_dataset"] == observation.data_version
+
+
+def test_unchanged_dataset_triggers_nothing_and_an_edit_reruns_exactly_what_it_affects(loop, files):
+    pool, test = files
+    loop.observe()  # same bytes, new observation events
+    assert loop.tick() == set()
+
+    # An edit that leaves the problem table unchanged (a duplicate line): the load re-runs, but its content-hash
+    # data version is unchanged, so nothing below it is requested.
+    test.write_text(test.read_text() + test.read_text().splitlines(keepends=True)[0])
+    loop.observe()
+    assert loop.tick() == {"benchmark_problems", "benchmark_rejected_problems"}
+    before = loop.version("benchmark_problems")
+    loop.run(["benchmark_problems", "benchmark_rejected_problems"])
+    assert loop.version("benchmark_problems") == before
+    assert loop.tick() == set()
+
+    # A real edit to the pool: only the pool's table re-runs; the benchmark and pre-training are not touched.
+    pool.write_text(pool.read_text() + _jsonl(generate_problems(3, seed=99)))
+    loop.observe()
+    assert loop.tick() == {"raw_problems", "rejected_problems"}
+    old = loop.version("raw_problems")
+    loop.run(["raw_problems", "rejected_problems"])
+    assert loop.version("raw_problems") != old
+    assert loop.materializations("benchmark_problems") == 2
+    # raw_problems' children are not materialized here (missing: pretrained_policy blocks them), so the cascade
+    # stops; tests/test_automation_cascade.py follows it through the whole selection path.
+    assert loop.tick() == set()
+
+
+def test_a_benchmark_edit_cascades_one_layer_per_tick(loop, files):
+    _, test = files
+    test.write_text(_jsonl(generate_problems(21, seed=12)))  # one more benchmark problem
+    loop.observe()
+    assert loop.tick() == {"benchmark_problems", "benchmark_rejected_problems"}
+    loop.run(["benchmark_problems", "benchmark_rejected_problems"])
+    # Its children: the pool (deduplicated against the benchmark); pre-training (excludes benchmark problems) is a
+    # gated GPU step and waits for the nightly window.
+    assert loop.tick() == {"raw_problems", "rejected_problems"}
+
+
+def test_dataset_observations_run_on_their_cron(loop):
+    requested = loop.tick(minutes=16)  # at least one */15 tick passed
+    assert {"pool_dataset", "benchmark_dataset"} <= requested
+    assert not requested & set(DATA)

@@ -1,0 +1,224 @@
+"""The sharded stages (`rollouts_and_success_rates`, `projected_gradients`) on a real on-disk Dagster instance:
+results do not depend on the shard count or the executor, a warm rerun computes nothing, a run killed with SIGKILL mid-rollouts
+(or mid-gradients) is finished by a rerun that reuses every published batch, and the shards run as parallel Dask tasks on a local
+cluster, all with bitwise-identical artifacts."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from learnalign_pipeline.presets import SMOKE
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["rollouts", "success_rates", "projected_gradients"]
+UPSTREAM = [
+    "benchmark_problems",
+    "benchmark_rejected_problems",
+    "raw_problems",
+    "rejected_problems",
+    "pretrained_policy",
+    "warmup_policy",
+]
+
+
+POOL = 48  # problems: smaller than the smoke pool, to keep the five stage runs below quick
+
+
+def upstream_config() -> dict:
+    return {**SMOKE, "ops": {**SMOKE["ops"], "raw_problems": {"config": {"num_problems": POOL}}}}
+
+
+def stage_config(cache_root: Path, problems_per_file: int = 64) -> dict:
+    ops = {
+        "rollouts_and_success_rates": {"config": {"num_samples": 4, "problems_per_file": problems_per_file}},
+        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8, "problems_per_batch": 3}},
+    }
+    return {"ops": ops, "resources": {**SMOKE["resources"], "row_cache": {"config": {"root": str(cache_root)}}}}
+
+
+def data_versions(instance) -> dict:
+    return {
+        k: instance.get_latest_materialization_event(dg.AssetKey(k)).asset_materialization.tags["dagster/data_version"]
+        for k in STAGES
+    }
+
+
+def latest_metadata(instance, key: str) -> dict:
+    return {
+        k: v.value
+        for k, v in instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata.items()
+    }
+
+
+def pool_size(instance) -> int:
+    return latest_metadata(instance, "raw_problems")["dagster/row_count"]
+
+
+def instance_of(home: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(home / "dagster_home"))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A project home with the upstream assets materialized once (smoke sizes) on an on-disk instance."""
+    home = tmp_path_factory.mktemp("sharded_home")
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir()
+    # No compute-log capture: on Dask workers the local compute log manager's `tail -F` clean-up can wait forever
+    # at the end of a step (seen in CI: the step finished, the worker thread stayed in Popen.wait on tail).
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEARNALIGN_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(dagster_home))
+        from learnalign_pipeline.definitions import defs
+
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            job = defs().resolve_job_def("learnalign_job")
+            assert job.execute_in_process(
+                run_config=upstream_config(), instance=instance, asset_selection=[dg.AssetKey(k) for k in UPSTREAM]
+            ).success
+        yield home
+
+
+def run_stages(home: Path, run_config: dict) -> dg.DagsterInstance:
+    from learnalign_pipeline.definitions import defs
+
+    instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
+    job = defs().resolve_job_def("learnalign_job")
+    assert job.execute_in_process(
+        run_config=run_config, instance=instance, asset_selection=[dg.AssetKey(k) for k in STAGES]
+    ).success
+    return instance
+
+
+@pytest.fixture(scope="module")
+def reference(home):
+    """One uninterrupted in-process run: the versions every other run must reproduce."""
+    instance = run_stages(home, stage_config(home / "cache_reference"))
+    versions = data_versions(instance)
+    assert (
+        latest_metadata(instance, "projected_gradients")["backward_problems"] > 0
+    )  # some problems were differentiated
+    return versions
+
+
+STAGE_SCRIPT = """
+import json, sys
+import dagster as dg
+from learnalign_pipeline.definitions import defs
+instance = dg.DagsterInstance.from_config(sys.argv[1])
+job = defs().resolve_job_def("learnalign_job")
+job.execute_in_process(run_config=json.loads(sys.argv[2]), instance=instance, asset_selection=[dg.AssetKey(k) for k in json.loads(sys.argv[3])])
+"""
+
+
+def kill_after_first_file(home: Path, run_config: dict, pattern: str, cache: Path) -> list[Path]:
+    """Start the stages in a child process, SIGKILL it as soon as a file matching `pattern` is published, and
+    return the files published by then."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", STAGE_SCRIPT, str(home / "dagster_home"), json.dumps(run_config), json.dumps(STAGES)],
+        env={**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not list(cache.glob(pattern)):
+            assert child.poll() is None, "the stage process ended before publishing a file"
+            assert time.monotonic() < deadline, "no file was published in time"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    return sorted(cache.glob(pattern))
+
+
+def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, reference):
+    cache = home / "cache_killed"
+    run_config = stage_config(cache, problems_per_file=2)  # 24 small files: many chances to die mid-stage
+    published = kill_after_first_file(home, run_config, "rollouts/*/rows-*.parquet", cache)
+    rows_at_kill = pl.concat([pl.read_parquet(p) for p in published])  # every published file is whole
+    killed_problems = rows_at_kill["problem_id"].n_unique()
+    assert 0 < killed_problems < pool_size(instance_of(home))  # killed mid-stage: some batches were published, not all
+    assert not list(cache.glob("gradient_features/*/batch-*.safetensors"))
+
+    instance = run_stages(home, run_config)
+    rollouts = latest_metadata(instance, "rollouts")
+    assert rollouts["reused_problems"] == killed_problems  # finished batches were read back, not regenerated
+    assert rollouts["generated_problems"] == pool_size(instance) - killed_problems
+    assert data_versions(instance) == reference  # bitwise the artifacts of the uninterrupted run
+
+
+def test_sigkill_mid_gradient_shards_then_rerun_reuses_published_batches(home, reference):
+    cache = home / "cache_killed_gradients"
+    shutil.copytree(home / "cache_reference" / "rollouts", cache / "rollouts")  # rollouts done: die in the gradients
+    run_config = stage_config(cache)
+    published = kill_after_first_file(home, run_config, "gradient_features/*/batch-*.safetensors", cache)
+    batches_at_kill = len(published)
+    instance = run_stages(home, run_config)
+    grads = latest_metadata(instance, "projected_gradients")
+    assert 0 < batches_at_kill < grads["batches"]  # killed mid-stage
+    assert (
+        grads["reused_batches"] == batches_at_kill and grads["computed_batches"] == grads["batches"] - batches_at_kill
+    )
+    assert data_versions(instance) == reference
+
+
+DASK_SCRIPT = """
+import json, sys
+import dagster as dg
+from dask.distributed import LocalCluster
+from learnalign_pipeline.definitions import reconstructable_job
+if __name__ == "__main__":
+    run_config = json.loads(sys.argv[2])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        run_config["execution"] = {"config": {"cluster": {"existing": {"address": cluster.scheduler_address}}}}
+        instance = dg.DagsterInstance.from_config(sys.argv[1])
+        result = dg.execute_job(reconstructable_job("sharded_stages_on_dask"), instance=instance, run_config=run_config)
+        print("RUN", result.run_id, result.success)
+"""
+
+
+def test_shards_run_as_parallel_dask_tasks_with_identical_results(home, reference):
+    # A separate process: its definitions (and its workers') drop the GPU pool, which dagster-dask cannot submit.
+    env = {**os.environ, "LEARNALIGN_HOME": str(home), "LEARNALIGN_GPU_POOL": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", DASK_SCRIPT, str(home / "dagster_home"), json.dumps(stage_config(home / "cache_dask"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    assert lines and lines[-1].endswith(" True"), done.stdout[-3000:] + done.stderr[-3000:]
+    run_id = lines[-1].split()[1]
+    instance = instance_of(home)
+    assert data_versions(instance) == reference  # Dask workers == in process, bit for bit
+    starts = [
+        e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
+    ]
+    shard_steps = [e for e in starts if "_shard_" in (e.step_key or "")]
+    assert len(shard_steps) == 8  # 4 rollout and 4 gradient shards
+    assert len({e.dagster_event.pid for e in shard_steps}) == 2  # spread over both worker processes
+
+    # A warm rerun in process reads everything back from the row cache.
+    instance = run_stages(home, stage_config(home / "cache_dask"))
+    assert data_versions(instance) == reference
+    rollouts, grads = latest_metadata(instance, "rollouts"), latest_metadata(instance, "projected_gradients")
+    assert rollouts["generated_problems"] == 0 and rollouts["reused_problems"] == pool_size(instance)
+    assert grads["computed_problems"] == 0 and grads["reused_batches"] == grads["batches"] > 0
