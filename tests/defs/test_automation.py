@@ -4,72 +4,22 @@
 Automation is evaluated with `dg.evaluate_automation_conditions`, passing the cursor from tick to tick the way the
 automation sensor does; the first tick only sets the baseline."""
 
-import datetime
-import json
-
 import dagster as dg
 import pytest
+from automation_loop import Loop, jsonl
 
 from learnalign_pipeline.core.data.arithmetic import generate_problems
-from learnalign_pipeline.defs.data.sources import benchmark_dataset, pool_dataset
 from learnalign_pipeline.lib.resources import DatasetFiles
 
 DATA = ["benchmark_problems", "benchmark_rejected_problems", "raw_problems", "rejected_problems"]
-
-
-def _jsonl(problems) -> str:
-    return "".join(json.dumps({"question": p.prompt, "answer": p.solution}) + "\n" for p in problems)
-
-
-class Loop:
-    """One code location, one instance, and the automation cursor carried between ticks."""
-
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, datasets: DatasetFiles):
-        self.defs, self.instance, self.datasets = defs, instance, datasets
-        # Evaluation times start just after the next quarter hour, so the dataset observations' */15 cron does not
-        # fire in the middle of a test (one test uses fewer than 14 one-minute ticks); they stay ahead of the events.
-        now = datetime.datetime.now(datetime.UTC).replace(second=0, microsecond=0)
-        self.cursor, self.time = None, now + datetime.timedelta(minutes=16 - now.minute % 15)
-        self.keys = defs.resolve_asset_graph().get_all_asset_keys()
-
-    def observe(self) -> None:
-        sources = [pool_dataset, benchmark_dataset]
-        assert dg.materialize(
-            sources, selection=sources, instance=self.instance, resources={"datasets": self.datasets}
-        ).success
-
-    def tick(self, minutes: float = 1) -> set[str]:
-        """One automation evaluation `minutes` after the previous one; returns the asset keys it requests."""
-        self.time += datetime.timedelta(minutes=minutes)
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=self.time
-        )
-        self.cursor = result.cursor
-        return {k.to_user_string() for k in self.keys if result.get_num_requested(k)}
-
-    def run(self, keys, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
-        job = self.defs.resolve_job_def("learnalign_job")
-        result = job.execute_in_process(
-            run_config=run_config or {}, instance=self.instance, asset_selection=[dg.AssetKey(k) for k in keys]
-        )
-        assert result.success
-        return result
-
-    def version(self, key: str) -> str:
-        return self.instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.tags[
-            "dagster/data_version"
-        ]
-
-    def materializations(self, key: str) -> int:
-        return len(self.instance.fetch_materializations(dg.AssetKey(key), limit=1000).records)
 
 
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     """A file-backed pool and benchmark, watched through the `datasets` resource the code location builds from env."""
     pool, test = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"
-    pool.write_text(_jsonl(generate_problems(30, seed=11)))
-    test.write_text(_jsonl(generate_problems(20, seed=12)))
+    pool.write_text(jsonl(generate_problems(30, seed=11)))
+    test.write_text(jsonl(generate_problems(20, seed=12)))
     monkeypatch.setenv("LEARNALIGN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LEARNALIGN_POOL_PATH", str(pool))
     monkeypatch.setenv("LEARNALIGN_BENCHMARK_PATH", str(test))
@@ -117,7 +67,7 @@ def test_unchanged_dataset_triggers_nothing_and_an_edit_reruns_exactly_what_it_a
     assert loop.tick() == set()
 
     # A real edit to the pool: only the pool's table re-runs; the benchmark and pre-training are not touched.
-    pool.write_text(pool.read_text() + _jsonl(generate_problems(3, seed=99)))
+    pool.write_text(pool.read_text() + jsonl(generate_problems(3, seed=99)))
     loop.observe()
     assert loop.tick() == {"raw_problems", "rejected_problems"}
     old = loop.version("raw_problems")
@@ -131,7 +81,7 @@ def test_unchanged_dataset_triggers_nothing_and_an_edit_reruns_exactly_what_it_a
 
 def test_a_benchmark_edit_cascades_one_layer_per_tick(loop, files):
     _, test = files
-    test.write_text(_jsonl(generate_problems(21, seed=12)))  # one more benchmark problem
+    test.write_text(jsonl(generate_problems(21, seed=12)))  # one more benchmark problem
     loop.observe()
     assert loop.tick() == {"benchmark_problems", "benchmark_rejected_problems"}
     loop.run(["benchmark_problems", "benchmark_rejected_problems"])

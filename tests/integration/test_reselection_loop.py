@@ -12,9 +12,9 @@ import datetime
 
 import dagster as dg
 import pytest
+from automation_loop import Loop, jsonl
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
-from test_automation import Loop, _jsonl
 
 from learnalign_pipeline.core.data.arithmetic import generate_problems
 from learnalign_pipeline.lib.resources import DatasetFiles
@@ -48,8 +48,8 @@ def descendants(defs: dg.Definitions, key: str) -> set[str]:
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("reselection")
     pool, test = root / "pool.jsonl", root / "test.jsonl"
-    pool.write_text(_jsonl(generate_problems(16, seed=21)))
-    test.write_text(_jsonl(generate_problems(12, seed=22)))
+    pool.write_text(jsonl(generate_problems(16, seed=21)))
+    test.write_text(jsonl(generate_problems(12, seed=22)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEARNALIGN_HOME", str(root / "home"))
         mp.setenv("LEARNALIGN_POOL_PATH", str(pool))
@@ -99,7 +99,7 @@ def test_a_code_version_bump_makes_only_that_asset_stale_and_recomputes_only_it(
 
 def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(world):
     loop, pool = world
-    pool.write_text(pool.read_text() + _jsonl(generate_problems(4, seed=77)))
+    pool.write_text(pool.read_text() + jsonl(generate_problems(4, seed=77)))
     loop.observe()
     affected = descendants(loop.defs, "pool_dataset")
     counts = {k: loop.materializations(k) for k in stale_status(loop.defs, loop.instance)}
