@@ -22,14 +22,12 @@ from .outputs import markdown_table, versioned
 from .progress import step_progress
 from .resources import ArtifactStore, GRPOLoss, TaskSettings
 
-# Not (yet) run config: the loss's advantage epsilon keeps core's default.
-_HIDDEN_GRPO_FIELDS = {"advantage_eps"}
-
 
 def grpo_stage_config(**defaults) -> type:
     """The run config of a GRPO stage: GRPOConfig's schedule, sampling and optimisation fields, with this stage's
-    `defaults`. The loss comes from the shared `grpo_loss` resource, so every stage trains the same loss."""
-    return config_view(GRPOConfig, exclude={*LOSS_FIELDS, *_HIDDEN_GRPO_FIELDS}, defaults=defaults)
+    `defaults`. The loss and its reference come from the shared `grpo_loss` resource, so every stage trains the
+    same loss and the gradient features differentiate it."""
+    return config_view(GRPOConfig, exclude=set(LOSS_FIELDS), defaults=defaults)
 
 
 class GRPOStageConfig(grpo_stage_config()):
@@ -51,9 +49,18 @@ def pretrain_settings(config: PretrainRunConfig) -> tuple[PretrainConfig, TinyPo
     return settings(config, PretrainConfig), settings(config, TinyPolicyConfig)
 
 
-def load_reference(loss: GRPOLossConfig, checkpoint: Checkpoint):
-    """The frozen KL reference model, or None when the loss has no KL term."""
-    return load_policy(checkpoint.path)[0] if loss.beta else None
+def reference_checkpoint(grpo_loss: GRPOLoss, start: Checkpoint, base: Checkpoint) -> Checkpoint:
+    """The KL reference of a GRPO stage that starts from `start`, and of gradient features scored at `start`: the
+    one `reference` setting decides it for training and features alike."""
+    return start if grpo_loss.reference == "stage_start" else base
+
+
+def reference_model(loss: GRPOLossConfig, reference: Checkpoint, scored: Checkpoint, model):
+    """The frozen reference model for features of `model` (loaded from `scored`): None without a KL term, the model
+    itself when it is its own reference (no second copy is loaded)."""
+    if not loss.beta:
+        return None
+    return model if reference.path == scored.path else load_policy(reference.path)[0]
 
 
 def publish_checkpoint(
@@ -85,6 +92,16 @@ def publish_checkpoint(
     )
 
 
+def train_from(start: Checkpoint, base: Checkpoint, grpo: GRPOConfig, problems, task: TaskSettings, **train_options):
+    """(model, tokenizer, history): GRPO from `start` on `problems`, with the KL reference `grpo.reference` names."""
+    model, tokenizer = load_policy(start.path)
+    reference = load_policy(base.path)[0] if grpo.reference == "base" and grpo.beta else None
+    history = train_grpo(
+        model, tokenizer, problems, task.make_verifier(), grpo, task.config(), reference=reference, **train_options
+    )
+    return model, tokenizer, history
+
+
 def grpo_stage(
     context,
     config: dg.Config,
@@ -92,19 +109,20 @@ def grpo_stage(
     grpo_loss: GRPOLoss,
     store: ArtifactStore,
     start: Checkpoint,
+    base: Checkpoint,
     problems: pl.DataFrame,
     **recorded,
 ) -> dg.Output:
-    """GRPO from checkpoint `start` on `problems` with a GRPO stage config; publishes the result. `recorded` goes
-    into the checkpoint's training_config.json next to the stage config and the loss."""
-    model, tokenizer = load_policy(start.path)
+    """GRPO from checkpoint `start` (`base`: the pre-trained policy, the KL reference when `reference` is "base")
+    on `problems` with a GRPO stage config; publishes the result. `recorded` goes into the checkpoint's
+    training_config.json next to the stage config and the loss."""
     grpo = grpo_settings(config, grpo_loss)
-    resume = ResumeDirectory(resume_directory(context, store, start, problems, grpo, task), warn=context.log.warning)
+    resume = ResumeDirectory(
+        resume_directory(context, store, start, base, problems, grpo, task), warn=context.log.warning
+    )
     started = time.perf_counter()
     with step_progress(context, grpo.steps, "GRPO steps") as progress:
-        history = train_grpo(
-            model, tokenizer, problems, task.make_verifier(), grpo, task.config(), log=progress, resume=resume
-        )
+        model, tokenizer, history = train_from(start, base, grpo, problems, task, log=progress, resume=resume)
     if resume.resumed_from_step:
         context.log.info(f"resumed from the training state after step {resume.resumed_from_step} in {resume.path}")
     output = publish_checkpoint(
@@ -131,15 +149,22 @@ def grpo_stage(
 
 
 def resume_directory(
-    context, store: ArtifactStore, start: Checkpoint, problems: pl.DataFrame, grpo: GRPOConfig, task: TaskSettings
+    context,
+    store: ArtifactStore,
+    start: Checkpoint,
+    base: Checkpoint,
+    problems: pl.DataFrame,
+    grpo: GRPOConfig,
+    task: TaskSettings,
 ) -> Path:
-    """`<artifacts>/.resume/<asset>/<key>`: the key hashes everything the trained weights depend on (start
-    checkpoint, problems, GRPO settings, task, code version), so a rerun of the same stage finds its states and
-    any change starts fresh. `checkpoint_every` is left out: it does not change the result."""
+    """`<artifacts>/.resume/<asset>/<key>`: the key hashes everything the trained weights depend on (start and
+    reference checkpoints, problems, GRPO settings, task, code version), so a rerun of the same stage finds its
+    states and any change starts fresh. `checkpoint_every` is left out: it does not change the result."""
     key = resume_key(
         asset=context.asset_key.to_user_string(),
         code_version=context.assets_def.code_versions_by_key.get(context.asset_key),
         start=start.path.name,  # content-addressed: the start checkpoint's digest prefix, verified on load
+        reference=base.path.name if grpo.reference == "base" else None,
         problems=content_digest(problems),
         grpo={k: v for k, v in dataclasses.asdict(grpo).items() if k != "checkpoint_every"},
         task=dataclasses.asdict(task.config()),

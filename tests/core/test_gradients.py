@@ -37,6 +37,22 @@ def test_batched_gradients_equal_one_backward_per_problem(model, tokenizer, prob
     assert batched.problem_ids == problems["problem_id"].to_list()
 
 
+def test_self_reference_features_equal_those_against_a_frozen_copy(model, tokenizer, problems, rollouts):
+    """reference="stage_start" scores a problem against the policy being scored: the KL is taken against the
+    policy's own detached log-probs (no second forward), which equals training's frozen copy of its start."""
+    import copy
+
+    config = GRPOConfig(beta=0.5).loss(32)  # a large beta: any KL-gradient difference would show
+    own = gradient_features(
+        model, model, tokenizer, problems, rollouts, config, ExactGradients(), "qa", problems_per_batch=4
+    )
+    frozen = copy.deepcopy(model)
+    loop = loop_gradients(model, frozen, tokenizer, problems, rollouts, config)
+    assert ((own.features - loop).norm() / loop.norm()).item() < 1e-5
+    shifted = loop_gradients(model, build_reference(model), tokenizer, problems, rollouts, config)
+    assert ((shifted - loop).norm() / loop.norm()).item() > 1e-4  # a different reference does change the features
+
+
 def build_reference(model):
     import copy
 

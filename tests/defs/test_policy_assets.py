@@ -36,3 +36,13 @@ def test_missing_model_path_is_a_clear_error(tmp_path, monkeypatch):
         keys = [dg.AssetKey("benchmark_problems"), dg.AssetKey("pretrained_policy")]
         with pytest.raises(Exception, match="nowhere"):
             job.execute_in_process(run_config=run_config, instance=instance, asset_selection=keys)
+
+
+def test_one_reference_setting_names_the_kl_reference_of_training_and_features(tmp_path):
+    from learnalign_pipeline.core.storage.artifacts import Checkpoint
+    from learnalign_pipeline.lib.resources import GRPOLoss
+    from learnalign_pipeline.lib.training import reference_checkpoint
+
+    start, base = Checkpoint(tmp_path / "start"), Checkpoint(tmp_path / "base")
+    assert reference_checkpoint(GRPOLoss(), start, base) == start  # default: the stage's start, as TRL does
+    assert reference_checkpoint(GRPOLoss(reference="base"), start, base) == base

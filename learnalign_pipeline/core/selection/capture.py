@@ -112,11 +112,14 @@ def capture_batch(
     K rollouts share its prompt (as rollouts do), the prompt runs once per problem and its keys and values are
     shared by the K completions: rows are then whole problems, prompt tokens followed by all K completions.
     """
+    # The reference is the scored policy itself when the KL is taken against the stage's start: its log-probs are
+    # the policy's own (detached), so no second forward is needed.
+    self_reference = ref_model is model
     models = [model] + ([ref_model] if loss_config.beta else [])
     shareable = all(getattr(m.config, "model_type", None) in _PLAIN_DECODERS for m in models)
     layout = _shared_prefix_layout(batch) if shareable else None
     ref_logp = None
-    if loss_config.beta:
+    if loss_config.beta and not self_reference:
         with torch.no_grad():
             if layout is None:
                 ref_logp = token_logprobs(ref_model, batch, temperature)
@@ -127,6 +130,8 @@ def capture_batch(
             logp = token_logprobs(model, batch, temperature)
         else:
             logp = _shared_prefix_logprobs(model, batch, layout, temperature)
+        if loss_config.beta and self_reference:
+            ref_logp = logp.detach()
         loss = per_problem_loss(logp, batch, loss_config, ref_logp=ref_logp).sum()
         output_grads = capture.output_grads(loss)
     if layout is None:

@@ -12,9 +12,11 @@ from ..policy.generation import SamplingSpec
 from ..settings import require, setting
 from .grpo import Aggregation, GRPOLossConfig
 
-# The fields that define the loss. Warm-up, the gradient features and training must use the same values, so
-# Dagster binds them once (the `grpo_loss` resource) instead of per stage.
-LOSS_FIELDS = ("beta", "clip_epsilon", "scale_rewards", "aggregation")
+# The fields that define the loss and its KL reference. Warm-up, the gradient features and training must use the
+# same values, so Dagster binds them once (the `grpo_loss` resource) instead of per stage.
+LOSS_FIELDS = ("reference", "beta", "clip_epsilon", "scale_rewards", "advantage_eps", "aggregation")
+
+Reference = Literal["stage_start", "base"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class GRPOConfig:
     """On-policy GRPO: each step samples `num_samples` completions for `problems_per_step` problems from the live
     policy, rewards them with the task's verifier and takes one AdamW step on the mean per-problem loss.
 
+    > Policy and reference
+        reference
     > Generation (the rollouts training samples)
         num_samples, temperature
     > Loss (also what the gradient features differentiate)
@@ -33,6 +37,12 @@ class GRPOConfig:
 
     The completion length and prompt format come from the task (`core/task/config.py`), shared with every stage.
     """
+
+    reference: Reference = setting(
+        "stage_start",
+        "the KL reference policy, for training and gradient features alike: stage_start = the policy a stage starts "
+        "from (the one being scored, for features; TRL's default), base = the pre-trained base policy",
+    )
 
     num_samples: int = setting(8, "rollouts per problem (group size G)")
     temperature: float = setting(1.0, "sampling temperature of the rollouts")

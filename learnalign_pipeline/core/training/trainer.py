@@ -49,9 +49,11 @@ def train_grpo(
     log: Callable[[dict], None] | None = None,
     resume: ResumeDirectory | None = None,
     on_rollouts: Callable[[int, pl.DataFrame], None] | None = None,
+    reference: torch.nn.Module | None = None,
 ) -> list[dict]:
-    """Train `model` in place on `problems` with the task's prompts and completion length; the reference for the
-    KL term is a frozen copy of the start.
+    """Train `model` in place on `problems` with the task's prompts and completion length. The KL term's reference
+    is `reference` (a frozen model: the base policy when `config.reference` is "base"), or else a frozen copy of
+    the start ("stage_start").
 
     With `resume`, the full training state is saved there after every `config.checkpoint_every` steps, and training
     continues from the newest saved state it finds; `model` must then be the same start model, and the result
@@ -67,7 +69,11 @@ def train_grpo(
         config.loss(task.max_new_tokens),
         task.prompt_format(),
     )
-    ref_model = copy.deepcopy(model).eval() if config.beta else None
+    if config.reference == "base" and config.beta and reference is None:
+        raise ValueError("reference='base' needs the base policy: pass it as `reference`")
+    ref_model = None
+    if config.beta:
+        ref_model = (reference if reference is not None else copy.deepcopy(model)).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     backend = TransformersBackend(model, tokenizer)
     batch_size = min(config.problems_per_step, problems.height)

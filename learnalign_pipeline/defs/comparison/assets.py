@@ -19,11 +19,10 @@ from ...core.policy.generation import SamplingSpec, TransformersBackend
 from ...core.policy.model import load_policy
 from ...core.selection.methods import METHODS, select, trajectory_matrix
 from ...core.storage.artifacts import Checkpoint, TensorBundle, content_digest
-from ...core.training.trainer import train_grpo
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
 from ...lib.resources import GRPOLoss, TaskSettings
 from ...lib.tags import MANUAL, gpu_step
-from ...lib.training import grpo_settings, grpo_stage_config
+from ...lib.training import grpo_settings, grpo_stage_config, train_from
 from ...paths import project_home
 from ..selection.scores import pool_signals, selection_frame
 from .signals import GROUP
@@ -126,7 +125,7 @@ def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, veri
     return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_problems": result.num_problems}
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step("transformers", "duckdb", manual=True))
+@dg.asset(group_name=GROUP, code_version="2", **gpu_step("transformers", "duckdb", manual=True))
 def comparison_results(
     context: dg.AssetExecutionContext,
     config: ComparisonConfig,
@@ -138,6 +137,7 @@ def comparison_results(
     benchmark_problems: pl.DataFrame,
     validation_problems: pl.DataFrame,
     warmup_policy: Checkpoint,
+    pretrained_policy: Checkpoint,
     full_data_policy: Checkpoint,
 ) -> dg.Output[pl.DataFrame]:
     """Accuracy of every (method, budget, seed) run, plus reference rows (warm-up policy; the multi-epoch
@@ -163,10 +163,9 @@ def comparison_results(
                 problems = subset.select("problem_id").join(
                     raw_problems, on="problem_id", how="left", maintain_order="left"
                 )
-                model, tokenizer = load_policy(warmup_policy.path)
                 started = time.perf_counter()
                 grpo = grpo_settings(config, grpo_loss, seed=int(seed))
-                history = train_grpo(model, tokenizer, problems, verifier, grpo, task.config())
+                model, tokenizer, history = train_from(warmup_policy, pretrained_policy, grpo, problems, task)
                 seconds = time.perf_counter() - started
                 row = {
                     "method": method,

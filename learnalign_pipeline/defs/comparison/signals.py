@@ -27,11 +27,18 @@ from ...core.selection.features import features_for_rates
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
 from ...core.selection.scoring import unit_rows
 from ...core.storage.artifacts import Checkpoint, TensorBundle
-from ...core.training.trainer import TrajectoryRecorder, train_grpo
+from ...core.training.trainer import TrajectoryRecorder
 from ...lib.outputs import versioned
 from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
 from ...lib.tags import MANUAL, gpu_asset, gpu_op, gpu_step
-from ...lib.training import grpo_settings, grpo_stage_config, load_reference, publish_checkpoint
+from ...lib.training import (
+    grpo_settings,
+    grpo_stage_config,
+    publish_checkpoint,
+    reference_checkpoint,
+    reference_model,
+    train_from,
+)
 
 GROUP = "comparison"
 
@@ -70,7 +77,7 @@ def projected_features(
 
 def rates_and_features(
     policy: Checkpoint,
-    reference: Checkpoint,
+    base: Checkpoint,
     problems: pl.DataFrame,
     num_samples: int,
     seed: int,
@@ -79,17 +86,18 @@ def rates_and_features(
     projected_gradients: TensorBundle,
 ) -> tuple[pl.DataFrame, torch.Tensor]:
     """Success rates from fresh rollouts (T = 1) at `policy`, and the problems' raw projected gradients there, with
-    the pool's feature settings; rows follow the rates."""
+    the pool's feature settings and the KL reference training would use from `policy`; rows follow the rates."""
     model, tokenizer = load_policy(policy.path)
     spec = SamplingSpec(num_samples=num_samples, temperature=1.0, top_p=1.0, max_new_tokens=task.max_new_tokens)
-    rollouts = sample_rollouts(
-        TransformersBackend(model, tokenizer), problems, spec, task.make_verifier(), task.prompt_format(), seed
-    )
+    backend = TransformersBackend(model, tokenizer)
+    rollouts = sample_rollouts(backend, problems, spec, task.make_verifier(), task.prompt_format(), seed)
     rates = rollout_success_rates(rollouts)
-    ref_model = load_reference(grpo_loss.loss_config(task.max_new_tokens), reference)
-    return rates, projected_features(
+    reference = reference_checkpoint(grpo_loss, policy, base)
+    ref_model = reference_model(grpo_loss.loss_config(task.max_new_tokens), reference, policy, model)
+    features = projected_features(
         model, ref_model, tokenizer, problems, rollouts, rates, task, grpo_loss, projected_gradients
     )
+    return rates, features
 
 
 class ValidationConfig(dg.Config):
@@ -111,7 +119,7 @@ class ValidationGradientConfig(dg.Config):
     seed: int = Field(default=0, description="base sampling seed")
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step(manual=True))
+@dg.asset(group_name=GROUP, code_version="2", **gpu_step(manual=True))
 def validation_gradients(
     config: ValidationGradientConfig,
     task: TaskSettings,
@@ -158,7 +166,7 @@ class ColdStartConfig(dg.Config):
     seed: int = Field(default=0, description="base sampling seed")
 
 
-@dg.asset(group_name=GROUP, code_version="1", **gpu_step(manual=True))
+@dg.asset(group_name=GROUP, code_version="2", **gpu_step(manual=True))
 def cold_start_signals(
     config: ColdStartConfig,
     task: TaskSettings,
@@ -227,12 +235,12 @@ class FullDataConfig(grpo_stage_config(problems_per_step=128, num_samples=4)):
     group_name=GROUP,
     outs={
         "full_data_policy": dg.AssetOut(
-            code_version="1",
+            code_version="2",
             description="GRPO on the full pool for `epochs` epochs.",
             **gpu_asset("transformers", manual=True),
         ),
         "limr_trajectories": dg.AssetOut(
-            code_version="1",
+            code_version="2",
             description="Per (problem, epoch): accuracy of its rollouts in that epoch's visit.",
             kinds={"polars"},
             tags=MANUAL,
@@ -248,21 +256,14 @@ def full_data_run(
     store: ArtifactStore,
     raw_problems: pl.DataFrame,
     warmup_policy: Checkpoint,
+    pretrained_policy: Checkpoint,
 ):
-    model, tokenizer = load_policy(warmup_policy.path)
     steps = math.ceil(config.epochs * raw_problems.height / config.problems_per_step)
     recorder = TrajectoryRecorder()
     started = time.perf_counter()
     grpo = grpo_settings(config, grpo_loss, steps=steps)
-    history = train_grpo(
-        model,
-        tokenizer,
-        raw_problems,
-        task.make_verifier(),
-        grpo,
-        task.config(),
-        log=context.log.debug,
-        on_rollouts=recorder,
+    model, tokenizer, history = train_from(
+        warmup_policy, pretrained_policy, grpo, raw_problems, task, log=context.log.debug, on_rollouts=recorder
     )
     seconds = round(time.perf_counter() - started, 1)
     yield publish_checkpoint(

@@ -13,7 +13,7 @@ from ...lib.config import config_view, settings
 from ...lib.outputs import markdown_table, versioned
 from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
 from ...lib.tags import gpu_step
-from ...lib.training import grpo_stage, grpo_stage_config, load_reference
+from ...lib.training import grpo_stage, grpo_stage_config, reference_checkpoint, reference_model
 from ..comparison.signals import pool_feature_config
 
 GROUP = "curriculum"
@@ -35,7 +35,7 @@ def _round_assets(r: int) -> list:
     @dg.asset(
         name=selection_name,
         group_name=GROUP,
-        code_version="1",
+        code_version="2",
         ins={"start": dg.AssetIn(previous)},
         description=f"Round {r}: chunk {r - 1} of the pool scored with {previous}; the top M/q are selected.",
         **gpu_step(manual=True),
@@ -54,7 +54,7 @@ def _round_assets(r: int) -> list:
         chunk = raw_problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
         model, tokenizer = load_policy(start.path)
         loss = grpo_loss.loss_config(task.max_new_tokens)
-        reference = load_reference(loss, pretrained_policy)
+        reference = reference_model(loss, reference_checkpoint(grpo_loss, start, pretrained_policy), start, model)
         features = pool_feature_config(projected_gradients)  # same projector (and seed) and scope as the pool's
         scored = score_chunk(
             model,
@@ -88,7 +88,7 @@ def _round_assets(r: int) -> list:
     @dg.asset(
         name=policy_name,
         group_name=GROUP,
-        code_version="1",
+        code_version="2",
         ins={"start": dg.AssetIn(previous), "round_selection": dg.AssetIn(selection_name)},
         description=f"Round {r}: {previous} after T GRPO steps on {selection_name}.",
         **gpu_step("transformers", manual=True),
@@ -101,12 +101,22 @@ def _round_assets(r: int) -> list:
         store: ArtifactStore,
         raw_problems: pl.DataFrame,
         start: Checkpoint,
+        pretrained_policy: Checkpoint,
         round_selection: pl.DataFrame,
     ) -> dg.Output[Checkpoint]:
         chosen = round_selection.filter(pl.col("selected")).select("problem_id")
         problems = chosen.join(raw_problems, on="problem_id", how="left", maintain_order="left")
         return grpo_stage(
-            context, config, task, grpo_loss, store, start, problems, round=r, subset_ids=chosen["problem_id"].to_list()
+            context,
+            config,
+            task,
+            grpo_loss,
+            store,
+            start,
+            pretrained_policy,
+            problems,
+            round=r,
+            subset_ids=chosen["problem_id"].to_list(),
         )
 
     return [selection, policy]

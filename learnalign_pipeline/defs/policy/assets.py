@@ -71,7 +71,7 @@ class WarmupConfig(grpo_stage_config(steps=4, problems_per_step=16)):
     subset_size: int = Field(default=64, description="random pool problems the warm-up trains on")
 
 
-@dg.asset(group_name="policy", code_version="3", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="4", **gpu_step("transformers"))
 def warmup_policy(
     context: dg.AssetExecutionContext,
     config: WarmupConfig,
@@ -84,7 +84,15 @@ def warmup_policy(
     """The pre-trained policy after a short GRPO run on a seeded random subset of the pool."""
     subset = raw_problems.sample(n=min(config.subset_size, raw_problems.height), seed=config.seed, shuffle=True)
     return grpo_stage(
-        context, config, task, grpo_loss, store, pretrained_policy, subset, subset_ids=subset["problem_id"].to_list()
+        context,
+        config,
+        task,
+        grpo_loss,
+        store,
+        pretrained_policy,
+        pretrained_policy,
+        subset,
+        subset_ids=subset["problem_id"].to_list(),
     )
 
 
@@ -92,7 +100,7 @@ class TrainingConfig(grpo_stage_config()):
     """GRPO on the selected subset: 60 steps x 32 problems x 8 samples (7.5 epochs of a 256-problem subset)."""
 
 
-@dg.asset(group_name="training", code_version="3", **gpu_step("transformers"))
+@dg.asset(group_name="training", code_version="4", **gpu_step("transformers"))
 def trained_policy(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -101,6 +109,8 @@ def trained_policy(
     store: ArtifactStore,
     selected_subset: pl.DataFrame,
     warmup_policy: Checkpoint,
+    pretrained_policy: Checkpoint,
 ) -> dg.Output[Checkpoint]:
-    """The RL-trained checkpoint (`save_pretrained` directory with tokenizer and training log)."""
-    return grpo_stage(context, config, task, grpo_loss, store, warmup_policy, selected_subset)
+    """The RL-trained checkpoint (`save_pretrained` directory with tokenizer and training log). The pre-trained
+    policy is an input because it is the KL reference when `grpo_loss.reference` is "base"."""
+    return grpo_stage(context, config, task, grpo_loss, store, warmup_policy, pretrained_policy, selected_subset)

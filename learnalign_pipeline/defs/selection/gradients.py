@@ -23,18 +23,26 @@ from ...lib.config import config_view, settings
 from ...lib.outputs import versioned
 from ...lib.sharded import NUM_SHARDS, Step, merge_counts, sharded_asset
 from ...lib.tags import gpu_asset
-from ...lib.training import load_reference
+from ...lib.training import reference_checkpoint, reference_model
 
 
 class GradientConfig(config_view(FeatureConfig)):
     """How per-problem gradients are projected (core/selection/config.py FeatureConfig)."""
 
 
+def _reference(step: Step):
+    """The features' KL reference: the one `grpo_loss.reference` setting training uses, for a stage starting at
+    the warm-up policy."""
+    return reference_checkpoint(
+        step.resources.grpo_loss, step.inputs["warmup_policy"], step.inputs["pretrained_policy"]
+    )
+
+
 def _stage(step: Step) -> FeatureStage:
     r = step.resources
     task = r.task.config()
     loss = r.grpo_loss.loss_config(task.max_new_tokens)
-    policy, reference = step.inputs["warmup_policy"], step.inputs["pretrained_policy"]
+    policy, reference = step.inputs["warmup_policy"], _reference(step)
     return FeatureStage(
         r.row_cache.cache(), settings(step.config, FeatureConfig), task, loss, policy.path.name, reference.path.name
     )
@@ -53,7 +61,7 @@ def _shard(step: Step, work: dict) -> dict:
 
     def load_models():
         model, tokenizer = load_policy(i["warmup_policy"].path)
-        return model, load_reference(stage.loss, i["pretrained_policy"]), tokenizer
+        return model, reference_model(stage.loss, _reference(step), i["warmup_policy"], model), tokenizer
 
     started = time.perf_counter()
     batches = [FeatureBatch.from_json(b) for b in work["batches"]]
@@ -84,7 +92,7 @@ def _collect(step: Step, manifests: list[dict]):
             "scope": config.scope_name,
             "config": step.config.model_dump_json(),
             "policy": i["warmup_policy"].path.name,
-            "reference_policy": i["pretrained_policy"].path.name,
+            "reference_policy": _reference(step).path.name,
         },
     )
     computed = int(stats.get("computed_problems", 0))
@@ -119,7 +127,7 @@ projected_gradients = sharded_asset(
     resources={"task", "grpo_loss", "row_cache"},
     outs={
         "projected_gradients": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="Unit-norm projected gradient of each problem's GRPO loss (float16) and its norm; rows follow "
             "`success_rates`. Problems with p in {0, 1} have zero advantage: no backward pass, a zero row.",
             **gpu_asset(),
