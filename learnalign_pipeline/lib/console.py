@@ -126,10 +126,8 @@ class RunFollower:
             self.write(f"✓ {event.event_specific_data.asset_observation.asset_key.to_user_string()} observed")
         elif kind == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
-            if not evaluation.passed:
-                self.write(
-                    f"✗ check {evaluation.check_name} on {evaluation.asset_key.to_user_string()} failed: {evaluation.description}"
-                )
+            mark = "✓" if evaluation.passed else "✗"
+            self.write(f"{mark} {node}: {evaluation.description}")
         elif kind == "STEP_FAILURE":
             error = event.event_specific_data.error
             cause = error.cause or error

@@ -124,7 +124,9 @@ def server(tmp_path_factory):
     log = open(home / "webserver.log", "w")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/server_info", process, timeout=120)
+        _wait_for(
+            f"http://127.0.0.1:{port}/server_info", process, timeout=600
+        )  # importing torch and transformers takes minutes on a loaded 2-core machine
         yield f"http://127.0.0.1:{port}", keys, edges, raw
     finally:
         process.terminate()
