@@ -2,7 +2,7 @@
 
 Settings resources are views of core's settings objects (`lib/config.py`): `task` (how problems are posed and
 checked, shared by every generating stage), `grpo_loss` (the loss warm-up, the gradient features and training
-share) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
+share), `compute` (device and precision) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
 database and the watched dataset files.
 """
 
@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
+from ..core.compute import ComputeConfig
 from ..core.policy.generation import GenerationBackend, TransformersBackend
 from ..core.policy.model import load_policy
 from ..core.policy.vllm_backend import VLLMBackend, VLLMConfig
@@ -62,6 +63,13 @@ class TaskSettings(config_view(TaskConfig, base=dg.ConfigurableResource)):
 
     def make_verifier(self):
         return self.config().make_verifier()
+
+
+class ComputeSettings(config_view(ComputeConfig, base=dg.ConfigurableResource)):
+    """Device and precision of every model computation (CUDA when present with bfloat16 autocast; float32 on CPU)."""
+
+    def config(self) -> ComputeConfig:
+        return settings(self, ComputeConfig)
 
 
 class GRPOLoss(config_view(GRPOConfig, base=dg.ConfigurableResource, include=LOSS_FIELDS)):
@@ -122,6 +130,7 @@ def bind_resources() -> dict:
         "row_cache": RowCacheResource(root=str(home / "row_cache")),
         "store": ArtifactStore(root=artifacts),
         "task": TaskSettings(),
+        "compute": ComputeSettings(),
         "grpo_loss": GRPOLoss(),
         "generator": Generator(),
         "duckdb": DuckDBResource(database=str(home / "results.duckdb")),

@@ -82,13 +82,14 @@ def build_model(spec: TinyPolicyConfig, tokenizer: PreTrainedTokenizerFast, seed
     return Qwen2ForCausalLM(config)
 
 
-def load_policy(path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a `save_pretrained` directory, in eval mode, weights only (safetensors)."""
+def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    """(model, tokenizer) from a `save_pretrained` directory, in eval mode on `device`, weights only (safetensors).
+    Weights are upcast to `dtype` (float32 master weights by default, whatever the checkpoint's dtype on disk)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: config.json is missing")
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device)
     model.eval()
     return model, tokenizer
 
