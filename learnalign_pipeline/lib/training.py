@@ -60,7 +60,7 @@ def reference_model(loss: GRPOLossConfig, reference: Checkpoint, scored: Checkpo
     itself when it is its own reference (no second copy is loaded)."""
     if not loss.beta:
         return None
-    return model if reference.path == scored.path else load_policy(reference.path)[0]
+    return model if reference.path == scored.path else load_policy(reference.path, device=model.device)[0]
 
 
 def publish_checkpoint(

@@ -203,21 +203,19 @@ class TransformersBackend:
     def _generate_rows(self, rows: list[tuple[str, int]], spec: SamplingSpec) -> list[Completion]:
         tok = self.tokenizer
         device = self.model.device
-        enc = tok([p for p, _ in rows], return_tensors="pt", padding=True, padding_side="left").to(device)
-        prompt_length = enc.input_ids.shape[1]
+        padded = tok([p for p, _ in rows], padding=True, padding_side="left")  # lists: tensors made here, on device
+        enc = {k: torch.tensor(padded[k], dtype=torch.long, device=device) for k in ("input_ids", "attention_mask")}
+        prompt_length = enc["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if spec.temperature > 0:
             processors.append(SeededGumbelSampler([s for _, s in rows], spec))
-        # Every knob explicit: generate() merges the checkpoint's generation_config.json into a call's settings, and
-        # real instruct checkpoints ship a repetition penalty and top-k that would change what is sampled.
+        # generate() merges the checkpoint's generation_config.json into every call, and real instruct checkpoints
+        # ship a repetition penalty and top-k that would change what is sampled: the model's is swapped for a
+        # neutral one while generating.
         config = GenerationConfig(
             do_sample=False,
             num_beams=1,
             max_new_tokens=spec.max_new_tokens,
-            repetition_penalty=1.0,
-            temperature=None,
-            top_p=None,
-            top_k=None,
             pad_token_id=tok.pad_token_id,
             eos_token_id=list(self.stop_ids),
         )
@@ -225,10 +223,12 @@ class TransformersBackend:
         autocast = (
             torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
         )
-        with autocast:
-            out = self.model.generate(
-                **enc, generation_config=config, logits_processor=processors, stopping_criteria=stopping
-            )
+        checkpoint_config, self.model.generation_config = self.model.generation_config, config
+        try:
+            with autocast:
+                out = self.model.generate(**enc, logits_processor=processors, stopping_criteria=stopping)
+        finally:
+            self.model.generation_config = checkpoint_config
         return [finish_completion(row[prompt_length:].tolist(), self.stop_ids, spec.stop, tok) for row in out.cpu()]
 
 

@@ -42,6 +42,11 @@ class RolloutBatch:
     advantages: torch.Tensor  # [R]
     num_problems: int
 
+    def to(self, device) -> RolloutBatch:
+        """The batch on `device` (batches are built on the CPU, once, then moved)."""
+        tensors = ("input_ids", "attention_mask", "completion_mask", "problem_index", "advantages")
+        return RolloutBatch(**{f: getattr(self, f).to(device) for f in tensors}, num_problems=self.num_problems)
+
 
 def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> torch.Tensor:
     """[P, K] rewards -> [P, K] advantages; a group whose rewards are all equal gets exactly zero."""
@@ -67,19 +72,20 @@ def build_rollout_batch(
             owners.append(p)
             row_adv.append(float(advantages[p, k]))
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32)
+    cpu = torch.device("cpu")  # built on the CPU, then moved once (`RolloutBatch.to`)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=cpu)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=cpu)
+    completion_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32, device=cpu)
     for i, (row, plen) in enumerate(zip(rows, prompt_lens)):
-        input_ids[i, : len(row)] = torch.tensor(row)
+        input_ids[i, : len(row)] = torch.tensor(row, device=cpu)
         attention_mask[i, : len(row)] = 1
         completion_mask[i, plen - 1 : len(row) - 1] = 1.0  # logits at t predict token t+1
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         completion_mask=completion_mask,
-        problem_index=torch.tensor(owners, dtype=torch.long),
-        advantages=torch.tensor(row_adv, dtype=torch.float32),
+        problem_index=torch.tensor(owners, dtype=torch.long, device=cpu),
+        advantages=torch.tensor(row_adv, dtype=torch.float32, device=cpu),
         num_problems=len(prompt_ids),
     )
 
@@ -100,7 +106,7 @@ def to_rollout_batch(
         missing = order.filter(pl.col("token_ids").is_null())["problem_id"].head(3).to_list()
         raise ValueError(f"rollouts are missing for {order['token_ids'].null_count()} problems, e.g. {missing}")
     prompt_ids = [tokenizer(render(template, p, tokenizer))["input_ids"] for p in order["prompt"].to_list()]
-    rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32)
+    rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32, device="cpu")
     advantages = group_advantages(rewards, scale=loss.scale_rewards, eps=loss.advantage_eps)
     return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)
 
@@ -154,7 +160,7 @@ def per_problem_loss(
     owner = batch.problem_index
 
     def per_problem(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(batch.num_problems, dtype=values.dtype).index_add(0, owner, values)
+        return torch.zeros(batch.num_problems, dtype=values.dtype, device=values.device).index_add(0, owner, values)
 
     rows_per_problem = per_problem(torch.ones_like(row_sum))
     if config.aggregation == "sample_mean":

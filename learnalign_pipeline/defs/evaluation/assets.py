@@ -19,7 +19,7 @@ class BenchmarkRunConfig(config_view(BenchmarkConfig)):
     """Greedy pass@1 always; optionally also the mean over n samples per problem (core/evaluation/benchmark.py)."""
 
 
-@dg.asset(group_name="evaluation", code_version="2", **gpu_step("transformers", "duckdb"))
+@dg.asset(group_name="evaluation", code_version="3", **gpu_step("transformers", "duckdb"))
 def benchmark_results(
     context: dg.AssetExecutionContext,
     config: BenchmarkRunConfig,

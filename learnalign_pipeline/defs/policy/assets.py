@@ -20,7 +20,7 @@ from ...lib.tags import gpu_step
 from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
 
 
-@dg.asset(group_name="policy", code_version="1", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="2", **gpu_step("transformers"))
 def pretrained_policy(
     context: dg.AssetExecutionContext,
     config: PretrainRunConfig,

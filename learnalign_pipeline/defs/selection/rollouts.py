@@ -108,12 +108,12 @@ rollouts_and_success_rates = sharded_asset(
     resources={"task", "generator", "compute", "row_cache"},
     outs={
         "rollouts": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="One row per (problem, sample): completion, token ids, reward.",
             **gpu_asset("transformers"),
         ),
         "success_rates": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="Per problem: samples, successes and success rate p.",
             **gpu_asset("transformers"),
         ),
