@@ -97,7 +97,9 @@ class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource)):
         if self._engine is not None and self._engine.model_path != str(checkpoint.path):
             self.close_engine()
         if self._engine is None:
-            self._engine = VLLMBackend(str(checkpoint.path), settings(self, VLLMConfig))
+            engine = settings(self, VLLMConfig)
+            visible = (compute or ComputeConfig()).visible_devices(engine.tensor_parallel_size)
+            self._engine = VLLMBackend(str(checkpoint.path), engine, visible_devices=visible)
         return self._engine
 
     def close_engine(self) -> None:

@@ -8,6 +8,8 @@ tokens, in either mode; we pass the same ids explicitly, so both backends stop a
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +55,11 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, settings: VLLMConfig):
+    def __init__(self, model_path: str, settings: VLLMConfig, visible_devices: str | None = None):
+        """`visible_devices`: CUDA_VISIBLE_DEVICES of the engine's processes (the GPUs of this shard step)."""
         self.model_path = str(model_path)
         self.settings = settings
+        self.visible_devices = visible_devices
         self._llm = None
         self._tokenizer = None
 
@@ -70,18 +74,19 @@ class VLLMBackend:
             # On CPU, vLLM rewinds a seeded request's RNG offset when chunked prefill discards a partial sample,
             # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole prompts there.
             chunked = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
-            self._llm = LLM(
-                model=self.model_path,
-                tokenizer=self.model_path,
-                dtype=s.dtype,
-                max_model_len=s.max_model_len,
-                gpu_memory_utilization=s.gpu_memory_utilization,
-                enforce_eager=s.enforce_eager,
-                tensor_parallel_size=s.tensor_parallel_size,
-                seed=s.seed,
-                generation_config="vllm",
-                **chunked,
-            )
+            with _environment(CUDA_VISIBLE_DEVICES=self.visible_devices):  # inherited by the engine's processes
+                self._llm = LLM(
+                    model=self.model_path,
+                    tokenizer=self.model_path,
+                    dtype=s.dtype,
+                    max_model_len=s.max_model_len,
+                    gpu_memory_utilization=s.gpu_memory_utilization,
+                    enforce_eager=s.enforce_eager,
+                    tensor_parallel_size=s.tensor_parallel_size,
+                    seed=s.seed,
+                    generation_config="vllm",
+                    **chunked,
+                )
         return self._llm
 
     @property
@@ -140,3 +145,18 @@ class VLLMBackend:
             # (vLLM 0.32 has no public LLM.shutdown; this internal call is pinned with the version.)
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set the environment variables whose value is not None for the duration, then restore them."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -157,7 +157,7 @@ def capture_features(
     projector: Projector,
     temperature: float = 1.0,
     checkpointing: bool = False,
-    head_chunk_problems: int | None = None,
+    head_chunk_rows: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """[P, width] projected per-problem gradients of one batch (on the model's device) from one forward and one
@@ -171,11 +171,11 @@ def capture_features(
     batch = batch.to(device)
     layout = layout.to(device) if layout is not None else None
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    chunk = head_chunk_problems or batch.num_problems
+    chunk = head_chunk_rows or batch.input_ids.shape[0]
     ref_logp = None
     if loss_config.beta and not self_reference:
         with torch.no_grad(), autocast():
-            ref_logp = sequence_logprobs(ref_model, batch, layout, temperature, chunk_problems=chunk)
+            ref_logp = sequence_logprobs(ref_model, batch, layout, temperature, chunk_rows=chunk)
     with FeatureCapture(model, layers, projector, batch.num_problems) as capture:
         with autocast():
             logp = sequence_logprobs(model, batch, layout, temperature, capture, checkpointing, chunk)
@@ -194,7 +194,7 @@ def sequence_logprobs(
     temperature: float,
     capture: FeatureCapture | None = None,
     checkpointing: bool = False,
-    chunk_problems: int | None = None,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """[R, T-1] log-probability of each next token (0 outside completions), as `grpo.token_logprobs` computes it,
     with every forward call's rows declared to `capture`. With a shared-prompt `layout` each prompt runs once and
@@ -210,7 +210,7 @@ def sequence_logprobs(
             hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         hidden = hidden.last_hidden_state[:, first:-1]
         targets = batch.input_ids[:, first + 1 :]
-        logp = _head_logprobs(model, hidden, targets, temperature, batch.problem_index, capture, chunk_problems)
+        logp = _head_logprobs(model, hidden, targets, temperature, batch.problem_index, capture, chunk_rows)
         return torch.nn.functional.pad(logp, (first, 0))
     k, (num, lp) = layout.samples, layout.prompt_ids.shape
     cache = DynamicCache(config=model.config)
@@ -237,7 +237,7 @@ def sequence_logprobs(
         )
     last_prompt = prompt.last_hidden_state[torch.arange(num, device=device), layout.prompt_len - 1]
     hidden = torch.cat([last_prompt.repeat_interleave(k, 0)[:, None], completion.last_hidden_state[:, :-1]], dim=1)
-    logp = _head_logprobs(model, hidden, layout.completion_ids, temperature, owner, capture, chunk_problems, k)
+    logp = _head_logprobs(model, hidden, layout.completion_ids, temperature, owner, capture, chunk_rows)
     logp = torch.where(layout.completion_mask.bool(), logp, 0.0)
     # back to the right-padded [R, T-1] layout: completion token j of row r is target column prompt_len - 1 + j
     width = batch.completion_mask.shape[1]
@@ -246,9 +246,10 @@ def sequence_logprobs(
     return full[:, :width]
 
 
-def _head_logprobs(model, hidden, targets, temperature, owner, capture, chunk_problems, rows_per_problem=None):
-    """log p(target) through the output head, in chunks of whole problems (`chunk_problems`); with more than one
-    chunk under autograd, each chunk is recomputed in backward, so full-vocabulary logits exist for one chunk only."""
+def _head_logprobs(model, hidden, targets, temperature, owner, capture, chunk_rows):
+    """log p(target) through the output head, `chunk_rows` rows at a time; with more than one chunk under autograd,
+    each chunk is recomputed in backward, so full-vocabulary logits exist for one chunk only (at Qwen2.5's 151,936
+    columns they would otherwise outweigh every layer's activations together)."""
     head = model.get_output_embeddings()
 
     def chunk_logprobs(h, t):
@@ -259,15 +260,12 @@ def _head_logprobs(model, hidden, targets, temperature, owner, capture, chunk_pr
         return torch.log_softmax(logits, dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
 
     rows = hidden.shape[0]
-    step = rows if chunk_problems is None or rows_per_problem is None else chunk_problems * rows_per_problem
-    if step >= rows:
-        with capture.rows(owner) if capture is not None else contextlib.nullcontext():
-            return chunk_logprobs(hidden, targets)
+    step = rows if chunk_rows is None else max(1, chunk_rows)
     pieces = []
     for start in range(0, rows, step):
         part = slice(start, start + step)
         with capture.rows(owner[part]) if capture is not None else contextlib.nullcontext():
-            if torch.is_grad_enabled():
+            if step < rows and torch.is_grad_enabled():
                 pieces.append(checkpoint(chunk_logprobs, hidden[part], targets[part], use_reentrant=False))
             else:
                 pieces.append(chunk_logprobs(hidden[part], targets[part]))

@@ -70,11 +70,9 @@ class FeatureMemory:
     def logits_bytes_per_token(self) -> int:
         return self.shape.vocab * (self.activation_bytes + 12)
 
-    def batch_bytes(
-        self, problems: int, samples: int, prompt_len: int, completion_len: int, chunk_problems: int
-    ) -> int:
+    def batch_bytes(self, problems: int, samples: int, prompt_len: int, completion_len: int, chunk_rows: int) -> int:
         """Peak bytes of one shared-prompt batch: `problems` prompts padded to `prompt_len`, `problems * samples`
-        completions padded to `completion_len`, the head run `chunk_problems` problems at a time. For a batch
+        completions padded to `completion_len`, the head run `chunk_rows` rows at a time. For a batch
         without shared prompts pass prompt_len=0 and completion_len = the whole padded row."""
         s, act = self.shape, self.activation_bytes
         prompt_tokens = problems * prompt_len
@@ -86,7 +84,7 @@ class FeatureMemory:
         else:
             activations = (prompt_tokens + completion_tokens) * s.layers * layer
         tokens = prompt_tokens + completion_tokens
-        logits = min(chunk_problems, problems) * samples * completion_len * self.logits_bytes_per_token()
+        logits = min(chunk_rows, problems * samples) * completion_len * self.logits_bytes_per_token()
         hooks = tokens * self.held_per_token * 4 + problems * self.accumulator_per_problem * 4
         return activations + tokens * in_flight + logits + hooks
 
@@ -116,22 +114,21 @@ def feature_memory(model, layers: dict, projector, autocast_dtype, checkpointing
 def plan_sub_batches(
     lengths: list[tuple[int, int]], samples: int, memory: FeatureMemory, budget_bytes: int
 ) -> tuple[list[list[int]], int]:
-    """(groups of consecutive problem indices, head chunk in problems) such that each group's estimated bytes stay
+    """(groups of consecutive problem indices, head chunk in rows) such that each group's estimated bytes stay
     under `budget_bytes`. `lengths[i]` is problem i's (prompt tokens, longest completion). The head chunk is the
-    largest number of problems whose logits take at most a quarter of the budget. A problem that alone exceeds the
+    largest number of rows whose logits take at most a quarter of the budget. A problem that alone exceeds the
     budget forms a group by itself (it cannot be split: its K rows share one normalization)."""
     longest = max((c for _, c in lengths), default=1)
-    per_problem_logits = samples * longest * memory.logits_bytes_per_token()
-    chunk = max(1, (budget_bytes // 4) // max(per_problem_logits, 1))
+    chunk_rows = max(1, (budget_bytes // 4) // max(longest * memory.logits_bytes_per_token(), 1))
     groups: list[list[int]] = []
     prompt_max = completion_max = 0
     for i, (prompt, completion) in enumerate(lengths):
         grown = (max(prompt_max, prompt), max(completion_max, completion))
         size = len(groups[-1]) + 1 if groups else 1
-        if groups and memory.batch_bytes(size, samples, *grown, chunk) <= budget_bytes:
+        if groups and memory.batch_bytes(size, samples, *grown, chunk_rows) <= budget_bytes:
             groups[-1].append(i)
             prompt_max, completion_max = grown
         else:
             groups.append([i])
             prompt_max, completion_max = prompt, completion
-    return groups, chunk
+    return groups, chunk_rows

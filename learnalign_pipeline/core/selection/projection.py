@@ -56,7 +56,7 @@ def per_problem_outer(x: torch.Tensor, gy: torch.Tensor, owner: torch.Tensor, nu
     if grouped and counts.numel() == num_problems:
         return torch.bmm(gy.reshape(num_problems, -1, b).transpose(1, 2), x.reshape(num_problems, -1, a))
     out = torch.zeros(num_problems, b, a, dtype=x.dtype, device=x.device)
-    for p in range(num_problems):
+    for p in owner.unique().tolist():  # only the problems these rows belong to (a chunk may hold a few)
         rows = owner == p
         out[p] = gy[rows].reshape(-1, b).T @ x[rows].reshape(-1, a)
     return out

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import polars as pl
 import torch
 
 from ..task.prompts import PromptFormat, render
+
+if TYPE_CHECKING:  # polars only where tables are read: the tensor code runs where polars is not installed
+    import polars as pl
 
 Aggregation = Literal["sample_mean", "token_mean", "constant"]
 
@@ -98,6 +100,8 @@ def to_rollout_batch(
     Both the trainer and the gradient-feature stage build their batches here, so they see identical
     token ids, masks and advantages for the same rollouts.
     """
+    import polars as pl
+
     by_problem = rollouts.group_by("problem_id", maintain_order=True).agg(
         pl.col("token_ids").sort_by("sample_index"), pl.col("reward").sort_by("sample_index")
     )

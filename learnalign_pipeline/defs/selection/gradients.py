@@ -65,8 +65,10 @@ def _shard(step: Step, work: dict) -> dict:
     """Compute the projected gradients of one shard's batches that the row cache lacks."""
     stage, i = _stage(step), step.inputs
 
+    device = stage.compute.for_shard(work["shard"]).torch_device()  # shard i on GPU i of a multi-GPU node
+
     def load_models():
-        model, tokenizer = load_policy(i["warmup_policy"].path, device=stage.compute.torch_device())
+        model, tokenizer = load_policy(i["warmup_policy"].path, device=device)
         return model, reference_model(stage.loss, _reference(step), i["warmup_policy"], model), tokenizer
 
     started = time.perf_counter()

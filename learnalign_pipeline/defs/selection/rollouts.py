@@ -46,7 +46,7 @@ def _shard(step: Step, work: dict) -> dict:
     problems = shard_rows(step.inputs["raw_problems"], work["shard"], NUM_SHARDS)
     verifier = task.make_verifier()
     started = time.perf_counter()
-    compute = step.resources.compute.config()
+    compute = step.resources.compute.config().for_shard(work["shard"], generator.tensor_parallel_size)
     stats = stage.generate_missing(
         problems, lambda: generator.backend(stage.settings.backend, step.inputs["warmup_policy"], compute), verifier
     )
