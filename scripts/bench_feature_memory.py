@@ -81,11 +81,12 @@ def capture_then_project(model, reference, batch, loss, layers, projector):
         return torch.cat([prompt, completions.reshape(prompt.shape[0], -1, completions.shape[-1])], dim=1)
 
     owner = torch.arange(batch.num_problems)
+    xs = {n: rows(*inputs[n]) for n in layers}  # as the old capture_batch returned them: every layer at once
+    gys = {n: rows(*gy[n]) for n in layers}
     blocks = []
     for n in layers:
-        x, g = rows(*inputs[n]), rows(*gy[n])
-        outer = per_problem_outer(projector.project_input(n, x), projector.project_output(n, g), owner, len(owner))
-        blocks.append(outer.flatten(1))
+        x, g = projector.project_input(n, xs[n]), projector.project_output(n, gys[n])
+        blocks.append(per_problem_outer(x, g, owner, len(owner)).flatten(1))
     return torch.cat(blocks, dim=1)
 
 
