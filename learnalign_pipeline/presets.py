@@ -66,7 +66,12 @@ GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `p
 # problems, groups of G=8 rollouts at temperature 1.0, GRPO beta=0.04 / eps=0.2 (GRPOConfig's defaults),
 # lr 1e-6, budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
 # The paper's policy is a pretrained 1.5B chat model: set pretrained_policy.model_path to its local directory.
+# Every step runs in its own process (multiprocess executor): a vLLM engine's GPU memory is freed when its step
+# ends, and on a node with several GPUs the shard steps run side by side, shard i on GPU i
+# (LEARNALIGN_NUM_SHARDS = number of GPUs; docs/usage.md). Instruct models get their chat template; lm-eval's
+# gsm8k stop string ("Question:") ends a completion that runs on.
 GSM8K_GPU: dict = {
+    "execution": {"config": {"multiprocess": {}}},
     "ops": {
         "benchmark_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/test.jsonl", "format": "gsm8k"}},
         "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
@@ -74,14 +79,58 @@ GSM8K_GPU: dict = {
         "pretrained_policy": {"config": {"model_path": "/models/Qwen2.5-1.5B-Instruct"}},
         "warmup_policy": {"config": {"subset_size": 300, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
         "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
+        "projected_gradients": {"config": {"activation_checkpointing": True}},
         "selected_subset": {"config": {"budget": 1000}},
         "trained_policy": {"config": {"num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
         "benchmark_results": {"config": {"backend": "vllm"}},
     },
     "resources": {
-        "task": {"config": {"template": "lm_eval_gsm8k", "verifier": "numeric_flexible", "max_new_tokens": 512}},
+        "task": {
+            "config": {"template": "lm_eval_gsm8k", "chat": True, "verifier": "numeric_flexible", "max_new_tokens": 512}
+        },
         "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
-        "generator": {"config": {"dtype": "bfloat16", "max_model_len": 1024, "gpu_memory_utilization": 0.85}},
+        "generator": {
+            "config": {
+                "dtype": "bfloat16",
+                "max_model_len": 1024,
+                "gpu_memory_utilization": 0.85,
+                "enforce_eager": False,  # CUDA graphs: much faster decoding on GPUs
+                "tensor_parallel_size": 1,
+            }
+        },
+    },
+}
+
+# The GSM8K preset's code path on the embedded pool, on a CPU, in minutes (CI materializes every asset with it):
+# chat template on, lm-eval's gsm8k template and stop string, vLLM (CPU build) for rollouts and benchmark, and a
+# pre-trained tiny policy with Qwen2.5-Instruct's quirks: vocabulary padded beyond the tokenizer, untied lm_head,
+# two EOS ids and sampling defaults in generation_config.json, bfloat16 weights on disk.
+CHAT_TINY: dict = {
+    "ops": {
+        "benchmark_problems": {"config": {"num_problems": 40}},
+        "raw_problems": {"config": {"num_problems": 64}},
+        "pretrained_policy": {
+            "config": {
+                "corpus_size": 2000,
+                "steps": 80,
+                "batch_size": 32,
+                "vocab_size": 320,
+                "intermediate_size": 128,
+                "style": "qwen",
+                "tie_word_embeddings": False,
+                "save_dtype": "bfloat16",
+            }
+        },
+        "warmup_policy": {"config": {"subset_size": 16, "steps": 2, "problems_per_step": 8, "num_samples": 4}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 4, "backend": "vllm"}},
+        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8, "activation_checkpointing": True}},
+        "selected_subset": {"config": {"budget": 16}},
+        "trained_policy": {"config": {"steps": 2, "problems_per_step": 8, "num_samples": 4}},
+        "benchmark_results": {"config": {"backend": "vllm"}},
+    },
+    "resources": {
+        "task": {"config": {"template": "lm_eval_gsm8k", "chat": True, "max_new_tokens": 16}},
+        "generator": {"config": {"dtype": "float32", "max_model_len": 256, "gpu_memory_utilization": 0.05}},
     },
 }
 
@@ -89,6 +138,7 @@ PRESETS: dict[str, dict] = {
     "smoke": SMOKE,
     "demo": {},
     "gsm8k_gpu": GSM8K_GPU,
+    "chat_tiny": CHAT_TINY,
     "smoke_comparison": SMOKE_COMPARISON,
     "smoke_curriculum": SMOKE_CURRICULUM,
 }

@@ -2,7 +2,7 @@
 
 Settings resources are views of core's settings objects (`lib/config.py`): `task` (how problems are posed and
 checked, shared by every generating stage), `grpo_loss` (the loss warm-up, the gradient features and training
-share) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
+share), `compute` (device and precision) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
 database and the watched dataset files.
 """
 
@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
+from ..core.compute import ComputeConfig
 from ..core.policy.generation import GenerationBackend, TransformersBackend
 from ..core.policy.model import load_policy
 from ..core.policy.vllm_backend import VLLMBackend, VLLMConfig
@@ -64,6 +65,13 @@ class TaskSettings(config_view(TaskConfig, base=dg.ConfigurableResource)):
         return self.config().make_verifier()
 
 
+class ComputeSettings(config_view(ComputeConfig, base=dg.ConfigurableResource)):
+    """Device and precision of every model computation (CUDA when present with bfloat16 autocast; float32 on CPU)."""
+
+    def config(self) -> ComputeConfig:
+        return settings(self, ComputeConfig)
+
+
 class GRPOLoss(config_view(GRPOConfig, base=dg.ConfigurableResource, include=LOSS_FIELDS)):
     """The GRPO loss, one definition for warm-up, gradient features and training so they agree."""
 
@@ -71,29 +79,40 @@ class GRPOLoss(config_view(GRPOConfig, base=dg.ConfigurableResource, include=LOS
         return settings(self, GRPOConfig).loss(max_new_tokens)
 
 
-class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource, exclude={"enable_chunked_prefill"})):
-    """Generation engines: transformers in-process, or a vLLM engine started lazily per checkpoint and shut down
-    when the step ends. Each generating stage picks one with its `backend` config field."""
+class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource)):
+    """Generation engines: transformers in-process on the compute device, or a vLLM engine started lazily per
+    checkpoint. At most one vLLM engine is alive in a process: asking for another checkpoint's engine first shuts
+    the current one down (an engine holds its share of GPU memory until then), and the step's end shuts it down.
+    Each generating stage picks an engine with its `backend` config field."""
 
-    _engines: dict = PrivateAttr(default_factory=dict)
+    _engine: VLLMBackend | None = PrivateAttr(default=None)
 
-    def backend(self, name: BackendName, checkpoint: Checkpoint) -> GenerationBackend:
+    def backend(
+        self, name: BackendName, checkpoint: Checkpoint, compute: ComputeConfig | None = None
+    ) -> GenerationBackend:
         if name == "transformers":
-            model, tokenizer = load_policy(checkpoint.path)
-            return TransformersBackend(model, tokenizer)
-        key = str(checkpoint.path)
-        if key not in self._engines:
-            self._engines[key] = VLLMBackend(key, settings(self, VLLMConfig))
-        return self._engines[key]
+            compute = compute or ComputeConfig()
+            model, tokenizer = load_policy(checkpoint.path, device=compute.torch_device())
+            return TransformersBackend(model, tokenizer, autocast_dtype=compute.autocast_dtype())
+        if self._engine is not None and self._engine.model_path != str(checkpoint.path):
+            self.close_engine()
+        if self._engine is None:
+            engine = settings(self, VLLMConfig)
+            visible = (compute or ComputeConfig()).visible_devices(engine.tensor_parallel_size)
+            self._engine = VLLMBackend(str(checkpoint.path), engine, visible_devices=visible)
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def engine_settings(self, name: BackendName) -> dict:
         """What of the engine, besides the checkpoint and the sampling settings, decides the samples."""
         return {"backend": name, "dtype": self.dtype if name == "vllm" else None}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.close_engine()
 
 
 class DatasetFiles(dg.ConfigurableResource):
@@ -122,6 +141,7 @@ def bind_resources() -> dict:
         "row_cache": RowCacheResource(root=str(home / "row_cache")),
         "store": ArtifactStore(root=artifacts),
         "task": TaskSettings(),
+        "compute": ComputeSettings(),
         "grpo_loss": GRPOLoss(),
         "generator": Generator(),
         "duckdb": DuckDBResource(database=str(home / "results.duckdb")),

@@ -1,0 +1,100 @@
+"""Where model computations run and in which precision: one setting for every stage that runs a model.
+
+CUDA when present, else CPU. Weights are held in float32 (master weights: an update of 1e-6 relative rounds away
+in bfloat16, which resolves about 2**-8); on CUDA the forward and backward passes run under bfloat16 autocast, on
+CPU everything stays float32, which keeps CPU runs bitwise reproducible. Every tensor a core function creates is
+made on the device of the tensors it works on; tests run the core paths with a `meta` default device, so a
+factory call that forgets its `device=` fails there instead of on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from .settings import require, setting
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Device and precision of the policy computations (rollouts with transformers, features, training)."""
+
+    device: str = setting("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>")
+    autocast: Literal["auto", "bfloat16", "float16", "off"] = setting(
+        "auto", "mixed precision of forward/backward passes: auto = bfloat16 on CUDA, off (float32) on CPU"
+    )
+
+    def __post_init__(self) -> None:
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            f"{self.device!r} is not auto, cpu, cuda or cuda:<index>",
+        )
+
+    def torch_device(self) -> torch.device:
+        """The device to compute on; asking for CUDA where there is none is an error, not a silent CPU run."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"compute device {self.device!r} was requested but CUDA is not available: use 'auto' or 'cpu'"
+            )
+        return device
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for plain float32."""
+        if self.autocast == "off":
+            return None
+        if self.autocast == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else None
+        return DTYPES[self.autocast]
+
+    def autocast_context(self):
+        """`torch.autocast` on the compute device with `autocast_dtype()`, or a no-op for float32."""
+        dtype = self.autocast_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.torch_device().type, dtype=dtype)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move `model` to the compute device with float32 (master) weights."""
+        return model.to(device=self.torch_device(), dtype=torch.float32)
+
+    def for_shard(self, shard: int, gpus_per_shard: int = 1) -> ComputeConfig:
+        """The setting of sharded step `shard` on a node with several GPUs: its own GPU(s), so the multiprocess
+        executor's parallel shard steps do not all land on GPU 0. Unchanged for an explicit device or on CPU."""
+        if self.device not in ("auto", "cuda") or not torch.cuda.is_available():
+            return self
+        first = shard_gpus(shard, gpus_per_shard, torch.cuda.device_count())[0]
+        return replace(self, device=f"cuda:{first}")
+
+    def visible_devices(self, gpus: int = 1) -> str | None:
+        """CUDA_VISIBLE_DEVICES for a process (a vLLM engine) that should use `gpus` GPUs starting at this
+        setting's device, in the numbering of the calling process; None on CPU."""
+        device = self.torch_device()
+        if device.type != "cuda":
+            return None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        start = device.index or 0
+        return ",".join(ids[(start + i) % len(ids)] for i in range(gpus))
+
+
+def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
+    """The GPU indices of shard `shard` when each shard uses `gpus_per_shard` of `gpu_count` GPUs: consecutive
+    blocks, wrapping around when there are more shards than blocks (those shards then share GPUs)."""
+    if gpu_count < 1 or gpus_per_shard < 1:
+        raise ValueError("gpu_count and gpus_per_shard must be >= 1")
+    blocks = max(1, gpu_count // gpus_per_shard)
+    first = (shard % blocks) * gpus_per_shard
+    return [(first + i) % gpu_count for i in range(gpus_per_shard)]
+
+
+CPU = ComputeConfig(device="cpu")
