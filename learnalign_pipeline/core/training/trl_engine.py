@@ -278,12 +278,14 @@ def train_run(
     compute: ComputeConfig,
     report: Callable[[dict], None],
     warn: Callable[[str], None] = print,
+    verifier=None,
 ) -> dict:
     """Train `run` in this process (one rank of a launch); returns its summary. On the main process, `report`
-    receives one record per step and `warn` hears of checkpoints that were skipped."""
+    receives one record per step and `warn` hears of checkpoints that were skipped. `verifier` replaces the task's
+    (tests use synthetic rewards)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     import datasets
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOConfig as TRLGRPOConfig
     from trl import GRPOTrainer
@@ -304,14 +306,14 @@ def train_run(
         "answer": [problems["answer"][i] for i in order],
         "problem_id": [problems["problem_id"][i] for i in order],
     })  # fmt: skip
-    start_config = AutoConfig.from_pretrained(run.start)  # the published policy keeps its dtype and settings
+    start_config = json.loads((Path(run.start) / "config.json").read_text())  # the published policy keeps these
     model = AutoModelForCausalLM.from_pretrained(run.start, dtype=torch.float32, use_safetensors=True)  # master weights
     if grpo.beta:
         # GRPOTrainer loads its frozen reference model from this path (trl: get_config_model_id(model.config)).
         model.config._name_or_path = run.reference or run.start
     sampling = grpo.sampling(task.max_new_tokens)
     rollouts = SeededRollouts(tokenizer, sampling, dict(zip(prompts, problems["problem_id"])), grpo.seed)
-    reward = VerifierReward(task.make_verifier())
+    reward = VerifierReward(verifier or task.make_verifier())
     checkpoints = Path(run.state_dir) / "checkpoints"
     history: list[dict] = []
     skipped: dict[int, int] = {}
@@ -430,16 +432,16 @@ def _history_from_state(checkpoint: Path) -> list[dict]:
     ]
 
 
-def _save_final(trainer, tokenizer, output: Path, start_config, history: list[dict]) -> None:
+def _save_final(trainer, tokenizer, output: Path, start_config: dict, history: list[dict]) -> None:
     """The trained policy as a save_pretrained directory in the start checkpoint's dtype and settings (training
     turns off the KV cache): gathered from every rank (replicated, FSDP full state or ZeRO-3), written by the main
     process, with the training log (no timings, so identical training gives identical bytes)."""
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.accelerator.is_main_process:
         return
-    dtype = start_config.dtype or torch.float32
+    dtype = getattr(torch, start_config.get("dtype") or start_config.get("torch_dtype") or "float32")
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.dtype, model.config.use_cache = dtype, start_config.use_cache
+    model.config.dtype, model.config.use_cache = dtype, start_config.get("use_cache", True)
     model.save_pretrained(output, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
     tokenizer.save_pretrained(output)
     pl.DataFrame(history).drop("seconds", strict=False).write_parquet(output / "training_log.parquet")
