@@ -4,6 +4,7 @@ directory (resumable after a kill)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -120,7 +121,7 @@ def finish_checkpoint(staging: Path, history: list[dict], config: dict, *, outpu
 @dataclass(frozen=True)
 class TrainingRequest:
     """One GRPO run of a stage: from `start` on `problems`, KL against `reference` (None: the start itself),
-    resumable from checkpoints in `state_dir`."""
+    resumable from the checkpoints any attempt at the same run left in `state_dir`."""
 
     start: Checkpoint
     problems: pl.DataFrame
@@ -175,21 +176,23 @@ def train_policies(
     The script's main process streams a message per step (a progress bar here, a log line every tenth of a run in
     the event log) and a summary per run. A failed launch raises with the tail of each process's log. A killed
     launch leaves sealed checkpoints in each request's `state_dir`; training again resumes from them."""
-    launch_dir = Path(store.root) / ".launches" / uuid.uuid4().hex
+    attempt = uuid.uuid4().hex
+    launch_dir = Path(store.root) / ".launches" / attempt
     launch_dir.mkdir(parents=True)
     runs, stagings = [], []
-    for request in requests:
-        request.state_dir.mkdir(parents=True, exist_ok=True)
-        request.problems.select("problem_id", "prompt", "answer").write_parquet(request.state_dir / "problems.parquet")
+    for index, request in enumerate(requests):
+        problems = launch_dir / f"problems_{index}.parquet"
+        request.problems.select("problem_id", "prompt", "answer").write_parquet(problems)
         staging = store.staging_dir()
         stagings.append(staging)
         runs.append(
             TRLRun(
                 start=str(request.start.path),
                 reference=str(request.reference.path) if request.reference is not None else None,
-                problems=str(request.state_dir / "problems.parquet"),
+                problems=str(problems),
                 output=str(staging),
                 state_dir=str(request.state_dir),
+                attempt=attempt,
                 grpo=dataclasses.asdict(request.grpo),
                 task=dataclasses.asdict(task),
                 record_rollouts=request.record_rollouts,
@@ -213,12 +216,17 @@ def train_policies(
         history = pl.read_parquet(staging / "training_log.parquet").to_dicts()
         for record, message in zip(history[len(history) - len(steps) :], steps, strict=True):
             record["seconds"] = message.get("seconds")  # timings stay out of the checkpoint, not out of metadata
-        records = request.state_dir / ROLLOUT_RECORDS
+        records = request.state_dir / attempt / ROLLOUT_RECORDS
         rollouts = pl.read_parquet(records) if request.record_rollouts else None
-        if done["resumed_from"]:
-            context.log.info(f"run {index + 1}: resumed from {done['resumed_from']} in {request.state_dir}")
-        results.append(TrainedPolicy(staging, history, done["resumed_from"], round(done["seconds"], 1), rollouts))
-        shutil.rmtree(request.state_dir, ignore_errors=True)  # the result is complete; its checkpoints are not needed
+        resumed = done["resumed_from"]
+        if resumed:
+            context.log.info(f"run {index + 1}: resumed from {resumed} in {request.state_dir}")
+        results.append(TrainedPolicy(staging, history, resumed, round(done["seconds"], 1), rollouts))
+        # The result is complete: this attempt's checkpoints, and those of the (killed) attempt it took over, go.
+        for done_with in {attempt, *([resumed.split("/")[0]] if resumed else [])}:
+            shutil.rmtree(request.state_dir / done_with, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            request.state_dir.rmdir()  # when no other attempt is still writing there
     shutil.rmtree(launch_dir, ignore_errors=True)
     return results
 

@@ -70,7 +70,7 @@ def _train(inputs: Path, name: str, stop_at: int | None = None, warnings=None) -
         warn=[].append if warnings is None else warnings.append,
         verifier=ParityReward(),
     )
-    return summary, Path(run.state_dir) / "checkpoints", load_file(Path(run.output) / "model.safetensors")
+    return summary, Path(run.state_dir), load_file(Path(run.output) / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_training_is_deterministic_on_cpu(inputs, uninterrupted):
 def test_stopped_run_left_one_sealed_checkpoint_readable_weights_only(stopped):
     from transformers.trainer_pt_utils import safe_globals
 
-    checkpoints = stopped / "checkpoints"
-    assert newest_sealed_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    checkpoints = stopped / "0"  # the attempt's directory (TRLRun.attempt)
+    assert newest_sealed_checkpoint(stopped) == checkpoints / "checkpoint-2"
     files = {p.name for p in (checkpoints / "checkpoint-2").iterdir()}
     assert {SEAL, "model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"} <= files
     assert "training_args.bin" not in files  # the one whole-object pickle HF writes (and never reads) is removed
@@ -110,7 +110,7 @@ def test_stopped_run_left_one_sealed_checkpoint_readable_weights_only(stopped):
 def test_resumed_training_equals_uninterrupted(inputs, uninterrupted, stopped):
     shutil.copytree(stopped, inputs / "resumed" / "state")
     summary, _, weights = _train(inputs, "resumed")
-    assert summary["resumed_from"] == "checkpoint-2"
+    assert summary["resumed_from"] == "0/checkpoint-2"
     _, _, expected = uninterrupted
     for name, value in expected.items():
         assert torch.equal(weights[name], value), name  # bitwise
@@ -120,7 +120,7 @@ def test_resumed_training_equals_uninterrupted(inputs, uninterrupted, stopped):
 @pytest.mark.parametrize("damage", ["changed", "unsealed"])
 def test_a_changed_or_unsealed_checkpoint_is_skipped_and_training_starts_over(inputs, uninterrupted, stopped, damage):
     name = f"damaged_{damage}"
-    checkpoint = shutil.copytree(stopped, inputs / name / "state") / "checkpoints" / "checkpoint-2"
+    checkpoint = shutil.copytree(stopped, inputs / name / "state") / "0" / "checkpoint-2"
     if damage == "changed":
         data = bytearray((checkpoint / "rng_state.pth").read_bytes())
         data[-30] ^= 0xFF

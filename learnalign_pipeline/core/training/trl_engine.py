@@ -193,7 +193,9 @@ class VerifierReward:
 class TRLRun:
     """One GRPO run, as the launched script reads it (JSON): from checkpoint `start` on the problems in
     `problems` (Parquet with problem_id, prompt, answer), into `output` (a save_pretrained directory in the start
-    checkpoint's dtype). `state_dir` holds its resumable checkpoints, logs and rollout records."""
+    checkpoint's dtype). `state_dir` is shared by every attempt at the same run: each attempt writes its
+    checkpoints and rollout records under `state_dir/<attempt>/` only (two attempts at once never touch each other's
+    files) and resumes from the newest sealed checkpoint of any attempt."""
 
     start: str
     problems: str
@@ -201,6 +203,7 @@ class TRLRun:
     state_dir: str
     grpo: dict  # GRPOConfig fields
     task: dict  # TaskConfig fields
+    attempt: str = "0"
     reference: str | None = None  # the KL reference checkpoint; None: the start (GRPOConfig.reference "stage_start")
     record_rollouts: bool = False
 
@@ -237,15 +240,11 @@ def seal_checkpoint(path: Path) -> None:
     os.replace(scratch, path / SEAL)
 
 
-def newest_sealed_checkpoint(root: Path, warn: Callable[[str], None] | None = None) -> Path | None:
-    """The newest `checkpoint-<step>` under `root` whose files all match its seal. One killed while being written
-    has no seal; one changed afterwards fails its digests; both are skipped (training resumes from an older one,
-    or starts over: the same result, later)."""
-    found = (
-        [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-        if root.is_dir()
-        else []
-    )
+def newest_sealed_checkpoint(state_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest `<attempt>/checkpoint-<step>` under `state_dir` whose files all match its seal. One killed while
+    being written has no seal; one changed afterwards fails its digests; both are skipped (training resumes from an
+    older one, or starts over: the same result, later)."""
+    found = [p for p in state_dir.glob("*/checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         try:
             files = json.loads((path / SEAL).read_text())
@@ -314,7 +313,7 @@ def train_run(
     sampling = grpo.sampling(task.max_new_tokens)
     rollouts = SeededRollouts(tokenizer, sampling, dict(zip(prompts, problems["problem_id"])), grpo.seed)
     reward = VerifierReward(verifier or task.make_verifier())
-    checkpoints = Path(run.state_dir) / "checkpoints"
+    checkpoints = Path(run.state_dir) / run.attempt
     history: list[dict] = []
     skipped: dict[int, int] = {}
 
@@ -373,7 +372,7 @@ def train_run(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    resume = newest_sealed_checkpoint(checkpoints, warn=warn)
+    resume = newest_sealed_checkpoint(Path(run.state_dir), warn=warn)
     if resume is not None and trainer.accelerator.is_main_process:  # what was logged and recorded before it
         history.extend(_history_from_state(resume))
         if run.record_rollouts:
@@ -384,10 +383,10 @@ def train_run(
     _save_final(trainer, tokenizer, Path(run.output), start_config, history)
     records = _gathered(reward.records)
     if run.record_rollouts and trainer.accelerator.is_main_process:
-        _records_frame(records).write_parquet(Path(run.state_dir) / ROLLOUT_RECORDS)
+        _records_frame(records).write_parquet(checkpoints / ROLLOUT_RECORDS)
     summary = {
         "output": run.output,
-        "resumed_from": resume.name if resume else None,
+        "resumed_from": resume.relative_to(run.state_dir).as_posix() if resume else None,
         "seconds": seconds,
         "steps": len(history),
     }
