@@ -181,6 +181,8 @@ def train_policies(
     launch_dir.mkdir(parents=True)
     runs, stagings = [], []
     for index, request in enumerate(requests):
+        (request.state_dir / attempt).mkdir(parents=True)
+        (request.state_dir / attempt / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         problems = launch_dir / f"problems_{index}.parquet"
         request.problems.select("problem_id", "prompt", "answer").write_parquet(problems)
         staging = store.staging_dir()
@@ -222,13 +224,39 @@ def train_policies(
         if resumed:
             context.log.info(f"run {index + 1}: resumed from {resumed} in {request.state_dir}")
         results.append(TrainedPolicy(staging, history, resumed, round(done["seconds"], 1), rollouts))
-        # The result is complete: this attempt's checkpoints, and those of the (killed) attempt it took over, go.
-        for done_with in {attempt, *([resumed.split("/")[0]] if resumed else [])}:
-            shutil.rmtree(request.state_dir / done_with, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            request.state_dir.rmdir()  # when no other attempt is still writing there
+        _remove_finished_attempts(request.state_dir, attempt)
     shutil.rmtree(launch_dir, ignore_errors=True)
     return results
+
+
+OWNER = "owner.json"  # which process (host, pid) an attempt's directory belongs to
+
+
+def _remove_finished_attempts(state_dir: Path, attempt: str) -> None:
+    """The run is complete: remove this attempt's checkpoints, and those of attempts whose process is gone (killed
+    on this host). An attempt still running (a concurrent run of the same stage) or on another host is left alone."""
+    for path in state_dir.iterdir() if state_dir.is_dir() else []:
+        try:
+            owner = json.loads((path / OWNER).read_text())
+        except (OSError, ValueError):
+            owner = {}
+        gone = owner.get("host") == socket.gethostname() and not _alive(owner.get("pid", 0))
+        if path.name == attempt or gone:
+            shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()  # when no other attempt is left
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run_with_pipes(context, command: list[str], env: dict, total_steps: int, launch_dir: Path) -> list[dict]:

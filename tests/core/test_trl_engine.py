@@ -228,3 +228,23 @@ def test_a_base_reference_without_the_base_checkpoint_is_refused(problems, tmp_p
     """reference="base" never silently falls back to the stage's start."""
     with pytest.raises(ValueError, match="reference='base' needs the base checkpoint"):
         train_run(_run(tmp_path, tmp_path, problems, reference="base", beta=0.04), TrainerConfig(), CPU, print)
+
+
+def test_the_gsm8k_preset_trains_with_the_papers_settings_through_trl():
+    """G=8, T=1.0, beta 0.04, eps 0.2, lr 1e-6, warm-up one epoch of its 300 problems, chat template on, vLLM
+    rollouts; every stage's step splits over the preset's processes into its micro-batches."""
+    from learnalign_pipeline.presets import GSM8K_GPU
+
+    ops, resources = GSM8K_GPU["ops"], GSM8K_GPU["resources"]
+    task = TaskConfig(**resources["task"]["config"])
+    trainer = TrainerConfig(**resources["trainer"]["config"])
+    assert task.chat and trainer.rollouts == "vllm" and trainer.gradient_checkpointing
+    warmup = ops["warmup_policy"]["config"]
+    assert warmup["steps"] * warmup["problems_per_step"] == warmup["subset_size"] == 300  # one epoch
+    for stage in ("warmup_policy", "trained_policy"):
+        fields = {k: v for k, v in ops[stage]["config"].items() if k != "subset_size"}
+        grpo = GRPOConfig(**fields, **resources["grpo_loss"]["config"])
+        args = trl_args(grpo, task, trainer, CPU, "/tmp/x")
+        assert (args["num_generations"], args["temperature"], args["learning_rate"]) == (8, 1.0, 1e-6)
+        assert (args["beta"], args["epsilon"], args["loss_type"]) == (0.04, 0.2, "grpo")
+        assert args["use_vllm"] and args["vllm_mode"] == "colocate" and args["per_device_train_batch_size"] == 12

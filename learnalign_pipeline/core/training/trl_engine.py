@@ -21,6 +21,7 @@ dataset is the run's whole sequence of step batches in order (`step_order`), rea
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -137,10 +138,7 @@ class SeededRollouts:
 
     def __init__(self, tokenizer, sampling: SamplingSpec, problem_of_prompt: dict[str, str], seed: int):
         self.tokenizer = tokenizer
-        self.one_sample = SamplingSpec(
-            num_samples=1, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_new_tokens=sampling.max_new_tokens,
-        )  # fmt: skip
+        self.one_sample = dataclasses.replace(sampling, num_samples=1)  # row j is drawn alone with seed + j
         self.problem_of_prompt = problem_of_prompt
         self.seed = seed
 
