@@ -67,11 +67,16 @@ GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `p
 # beta=0.04 / eps=0.2 (GRPOConfig's defaults), lr 1e-6, 48 problems per step on the subset (the paper's probable
 # batch), budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
 # The paper's policy is a pretrained 1.5B chat model: set pretrained_policy.model_path to its local directory.
+# Every step runs in its own process (multiprocess executor): a vLLM engine's GPU memory is freed when its step
+# ends, and on a node with several GPUs the shard steps run side by side, shard i on GPU i
+# (LEARNALIGN_NUM_SHARDS = number of GPUs; docs/usage.md). Instruct models get their chat template; lm-eval's
+# gsm8k stop string ("Question:") ends a completion that runs on.
 # Training runs through TRL in one process per GPU (`trainer.processes`: set it to the node's GPU count; a step's
 # problems_per_step x 8 rows must split over them into micro-batches of 12), vLLM colocated for the rollouts,
 # gradient checkpointing, bf16 autocast over fp32 master weights (the `compute` default on CUDA). For 7B-8B
 # models set trainer.distributed to "fsdp".
 GSM8K_GPU: dict = {
+    "execution": {"config": {"multiprocess": {}}},
     "ops": {
         "benchmark_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/test.jsonl", "format": "gsm8k"}},
         "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
@@ -88,6 +93,7 @@ GSM8K_GPU: dict = {
             }
         },
         "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
+        "projected_gradients": {"config": {"activation_checkpointing": True}},
         "selected_subset": {"config": {"budget": 1000}},
         "trained_policy": {
             "config": {"problems_per_step": 48, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}
@@ -108,7 +114,48 @@ GSM8K_GPU: dict = {
                 "vllm_memory_utilization": 0.3,
             }
         },
-        "generator": {"config": {"dtype": "bfloat16", "max_model_len": 1024, "gpu_memory_utilization": 0.85}},
+        "generator": {
+            "config": {
+                "dtype": "bfloat16",
+                "max_model_len": 1024,
+                "gpu_memory_utilization": 0.85,
+                "enforce_eager": False,  # CUDA graphs: much faster decoding on GPUs
+                "tensor_parallel_size": 1,
+            }
+        },
+    },
+}
+
+# The GSM8K preset's code path on the embedded pool, on a CPU, in minutes (CI materializes every asset with it):
+# chat template on, lm-eval's gsm8k template and stop string, vLLM (CPU build) for rollouts and benchmark, and a
+# pre-trained tiny policy with Qwen2.5-Instruct's quirks: vocabulary padded beyond the tokenizer, untied lm_head,
+# two EOS ids and sampling defaults in generation_config.json, bfloat16 weights on disk.
+CHAT_TINY: dict = {
+    "ops": {
+        "benchmark_problems": {"config": {"num_problems": 40}},
+        "raw_problems": {"config": {"num_problems": 64}},
+        "pretrained_policy": {
+            "config": {
+                "corpus_size": 2000,
+                "steps": 80,
+                "batch_size": 32,
+                "vocab_size": 320,
+                "intermediate_size": 128,
+                "style": "qwen",
+                "tie_word_embeddings": False,
+                "save_dtype": "bfloat16",
+            }
+        },
+        "warmup_policy": {"config": {"subset_size": 16, "steps": 2, "problems_per_step": 8, "num_samples": 4}},
+        "rollouts_and_success_rates": {"config": {"num_samples": 4, "backend": "vllm"}},
+        "projected_gradients": {"config": {"kronecker_in": 8, "kronecker_out": 8, "activation_checkpointing": True}},
+        "selected_subset": {"config": {"budget": 16}},
+        "trained_policy": {"config": {"steps": 2, "problems_per_step": 8, "num_samples": 4}},
+        "benchmark_results": {"config": {"backend": "vllm"}},
+    },
+    "resources": {
+        "task": {"config": {"template": "lm_eval_gsm8k", "chat": True, "max_new_tokens": 16}},
+        "generator": {"config": {"dtype": "float32", "max_model_len": 256, "gpu_memory_utilization": 0.05}},
     },
 }
 
@@ -116,6 +163,7 @@ PRESETS: dict[str, dict] = {
     "smoke": SMOKE,
     "demo": {},
     "gsm8k_gpu": GSM8K_GPU,
+    "chat_tiny": CHAT_TINY,
     "smoke_comparison": SMOKE_COMPARISON,
     "smoke_curriculum": SMOKE_CURRICULUM,
 }

@@ -10,7 +10,8 @@ factory call that forgets its `device=` fails there instead of on a GPU.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -65,6 +66,35 @@ class ComputeConfig:
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move `model` to the compute device with float32 (master) weights."""
         return model.to(device=self.torch_device(), dtype=torch.float32)
+
+    def for_shard(self, shard: int, gpus_per_shard: int = 1) -> ComputeConfig:
+        """The setting of sharded step `shard` on a node with several GPUs: its own GPU(s), so the multiprocess
+        executor's parallel shard steps do not all land on GPU 0. Unchanged for an explicit device or on CPU."""
+        if self.device not in ("auto", "cuda") or not torch.cuda.is_available():
+            return self
+        first = shard_gpus(shard, gpus_per_shard, torch.cuda.device_count())[0]
+        return replace(self, device=f"cuda:{first}")
+
+    def visible_devices(self, gpus: int = 1) -> str | None:
+        """CUDA_VISIBLE_DEVICES for a process (a vLLM engine) that should use `gpus` GPUs starting at this
+        setting's device, in the numbering of the calling process; None on CPU."""
+        device = self.torch_device()
+        if device.type != "cuda":
+            return None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        start = device.index or 0
+        return ",".join(ids[(start + i) % len(ids)] for i in range(gpus))
+
+
+def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
+    """The GPU indices of shard `shard` when each shard uses `gpus_per_shard` of `gpu_count` GPUs: consecutive
+    blocks, wrapping around when there are more shards than blocks (those shards then share GPUs)."""
+    if gpu_count < 1 or gpus_per_shard < 1:
+        raise ValueError("gpu_count and gpus_per_shard must be >= 1")
+    blocks = max(1, gpu_count // gpus_per_shard)
+    first = (shard % blocks) * gpus_per_shard
+    return [(first + i) % gpu_count for i in range(gpus_per_shard)]
 
 
 CPU = ComputeConfig(device="cpu")

@@ -87,29 +87,40 @@ class GRPOLoss(config_view(GRPOConfig, base=dg.ConfigurableResource, include=LOS
         return settings(self, GRPOConfig).loss(max_new_tokens)
 
 
-class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource, exclude={"enable_chunked_prefill"})):
-    """Generation engines: transformers in-process, or a vLLM engine started lazily per checkpoint and shut down
-    when the step ends. Each generating stage picks one with its `backend` config field."""
+class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource)):
+    """Generation engines: transformers in-process on the compute device, or a vLLM engine started lazily per
+    checkpoint. At most one vLLM engine is alive in a process: asking for another checkpoint's engine first shuts
+    the current one down (an engine holds its share of GPU memory until then), and the step's end shuts it down.
+    Each generating stage picks an engine with its `backend` config field."""
 
-    _engines: dict = PrivateAttr(default_factory=dict)
+    _engine: VLLMBackend | None = PrivateAttr(default=None)
 
-    def backend(self, name: BackendName, checkpoint: Checkpoint) -> GenerationBackend:
+    def backend(
+        self, name: BackendName, checkpoint: Checkpoint, compute: ComputeConfig | None = None
+    ) -> GenerationBackend:
         if name == "transformers":
-            model, tokenizer = load_policy(checkpoint.path)
-            return TransformersBackend(model, tokenizer)
-        key = str(checkpoint.path)
-        if key not in self._engines:
-            self._engines[key] = VLLMBackend(key, settings(self, VLLMConfig))
-        return self._engines[key]
+            compute = compute or ComputeConfig()
+            model, tokenizer = load_policy(checkpoint.path, device=compute.torch_device())
+            return TransformersBackend(model, tokenizer, autocast_dtype=compute.autocast_dtype())
+        if self._engine is not None and self._engine.model_path != str(checkpoint.path):
+            self.close_engine()
+        if self._engine is None:
+            engine = settings(self, VLLMConfig)
+            visible = (compute or ComputeConfig()).visible_devices(engine.tensor_parallel_size)
+            self._engine = VLLMBackend(str(checkpoint.path), engine, visible_devices=visible)
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def engine_settings(self, name: BackendName) -> dict:
         """What of the engine, besides the checkpoint and the sampling settings, decides the samples."""
         return {"backend": name, "dtype": self.dtype if name == "vllm" else None}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.close_engine()
 
 
 class DatasetFiles(dg.ConfigurableResource):

@@ -17,6 +17,7 @@ stage's outputs. The JSON values travel through `JsonStepIOManager`; the rows th
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,10 @@ import dagster as dg
 from .io_managers import STEP_IO_MANAGER
 from .tags import GPU_K8S_CONFIG, GPU_POOL
 
-NUM_SHARDS = 4  # shard steps per sharded stage; a row's shard is its content hash modulo this
+# Shard steps per sharded stage; a row's shard is its content hash modulo this. The graph is static, so the count
+# is read when the code location loads: set LEARNALIGN_NUM_SHARDS to the number of GPUs (or of GPU groups of
+# `generator.tensor_parallel_size`) the shard steps should spread over. Results never depend on it.
+NUM_SHARDS = int(os.environ.get("LEARNALIGN_NUM_SHARDS", "4"))
 
 
 @dataclass(frozen=True)

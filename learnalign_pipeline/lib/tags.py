@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 
-# Requests for Dagster's Kubernetes executor / run launcher (dagster-k8s reads this op tag at launch).
+# Requests for Dagster's Kubernetes executor / run launcher (dagster-k8s reads this op tag at launch). Op tags are
+# fixed when the code location loads: LEARNALIGN_GPUS_PER_STEP (default 1; the vLLM engine's tensor_parallel_size)
+# and LEARNALIGN_STEP_MEMORY (default 64Gi) size every accelerator step's pod.
+GPUS_PER_STEP = os.environ.get("LEARNALIGN_GPUS_PER_STEP", "1")
 GPU_K8S_CONFIG = {
     "container_config": {
         "resources": {
-            "requests": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "64Gi"},
-            "limits": {"nvidia.com/gpu": "1"},
+            "requests": {
+                "nvidia.com/gpu": GPUS_PER_STEP,
+                "cpu": "8",
+                "memory": os.environ.get("LEARNALIGN_STEP_MEMORY", "64Gi"),
+            },
+            "limits": {"nvidia.com/gpu": GPUS_PER_STEP},
         }
     },
     "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},

@@ -79,7 +79,7 @@ def reference_model(loss: GRPOLossConfig, reference: Checkpoint, scored: Checkpo
     itself when it is its own reference (no second copy is loaded)."""
     if not loss.beta:
         return None
-    return model if reference.path == scored.path else load_policy(reference.path)[0]
+    return model if reference.path == scored.path else load_policy(reference.path, device=model.device)[0]
 
 
 def publish_checkpoint(
@@ -90,11 +90,13 @@ def publish_checkpoint(
     config: dict,
     *,
     output_name: str = "result",
+    dtype=None,
     **metadata,
 ) -> dg.Output:
-    """Save model, tokenizer, training log (Parquet) and config (JSON) to staging; the IO manager publishes it."""
+    """Save model, tokenizer (weights in `dtype`, the base model's; default as held), training log (Parquet) and
+    config (JSON) to staging; the IO manager publishes it."""
     staging = store.staging_dir()
-    save_policy(model, tokenizer, staging)
+    save_policy(model, tokenizer, staging, dtype=dtype)
     log = pl.DataFrame(history) if history else pl.DataFrame({"step": []}, schema={"step": pl.Int64})
     # Wall-clock times stay out of the checkpoint so identical training gives an identical digest.
     log.drop("seconds", strict=False).write_parquet(staging / "training_log.parquet")
@@ -363,6 +365,7 @@ def grpo_stage(
             "start": start.path.name,
             **recorded,
         },
+        dtype=checkpoint_dtype(start.path),  # the base model's dtype (bf16 for real checkpoints), not the fp32 master
         summary=f"reward {history[0]['reward_mean']:.2f} -> {history[-1]['reward_mean']:.2f} over {len(history)} steps",
         problems=problems.height,
         reward_first_step=history[0]["reward_mean"],

@@ -62,3 +62,52 @@ def test_checkpoint_directories_are_published_by_rename(tmp_path):
 def test_missing_artifact_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.parquet"):
         read_artifact(tmp_path / "nothing.parquet")
+
+
+def _checkpoint(root, files):
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return Checkpoint(root)
+
+
+def test_checkpoints_are_hashed_once_at_publish(tmp_path, monkeypatch):
+    """Publishing hashes each file once into manifest.json; loads check the manifest and the file sizes only."""
+    from learnalign_pipeline.core.storage import artifacts, hashing
+
+    files = {"config.json": b"{}", "model.safetensors": b"x" * 4096}
+    calls = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda p: calls.append(p) or real(p))
+    checkpoint = _checkpoint(tmp_path / "staging", files)
+    digest = content_digest(checkpoint)  # the data version, computed where the asset returns it
+    path, written = write_artifact(checkpoint, tmp_path / "store")
+    for _ in range(5):
+        read_artifact(path, digest)
+    assert written == digest == hashing.tree_digest(path)  # same digest formula as before manifests existed
+    assert len(calls) == len(files)
+
+
+def test_checkpoint_load_refuses_changed_files(tmp_path):
+    from learnalign_pipeline.core.storage.artifacts import verify_checkpoint
+
+    path, digest = write_artifact(
+        _checkpoint(tmp_path / "staging", {"a.json": b"{}", "w.bin2": b"abcd"}), tmp_path / "s"
+    )
+    (path / "w.bin2").write_bytes(b"abcdef")  # truncated or grown: caught by the cheap check
+    with pytest.raises(ArtifactIntegrityError, match="manifest"):
+        read_artifact(path, digest)
+    (path / "w.bin2").write_bytes(b"abce")  # same size, other bytes: only the full re-hash sees it
+    read_artifact(path, digest)
+    with pytest.raises(ArtifactIntegrityError):
+        verify_checkpoint(path, digest, full=True)
+    (path / "w.bin2").write_bytes(b"abcd")
+    (path / "extra.txt").write_text("x")
+    with pytest.raises(ArtifactIntegrityError, match="extra"):
+        read_artifact(path, digest)
+    (path / "extra.txt").unlink()
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][0]["sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactIntegrityError, match="recorded digest"):
+        read_artifact(path, digest)

@@ -36,3 +36,19 @@ def test_place_keeps_float32_master_weights():
 def test_bad_device_names_are_refused(bad):
     with pytest.raises(ValueError, match="device"):
         ComputeConfig(device=bad)
+
+
+def test_shards_spread_over_the_gpus_of_a_node():
+    from learnalign_pipeline.core.compute import shard_gpus
+
+    assert [shard_gpus(i, 1, 4) for i in range(4)] == [[0], [1], [2], [3]]
+    assert [shard_gpus(i, 1, 2) for i in range(4)] == [[0], [1], [0], [1]]  # more shards than GPUs: they share
+    assert [shard_gpus(i, 2, 8) for i in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # tensor parallel pairs
+    assert shard_gpus(5, 4, 4) == [0, 1, 2, 3]
+
+
+def test_shard_settings_are_unchanged_on_cpu_or_with_an_explicit_device():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    assert ComputeConfig().for_shard(3) == ComputeConfig()
+    assert ComputeConfig(device="cpu").visible_devices() is None

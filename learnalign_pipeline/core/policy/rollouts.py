@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..task.prompts import PromptFormat, render
+from ..task.prompts import PromptFormat
 from ..task.verify import Verifier
-from .generation import GenerationBackend, SamplingSpec, prompt_seeds
+from .generation import GenerationBackend, SamplingSpec, prompt_seeds, with_stop_strings
 
 ROLLOUT_SCHEMA = {
     "problem_id": pl.String(),
@@ -30,10 +30,11 @@ def sample_rollouts(
 ) -> pl.DataFrame:
     """One row per (problem, sample) with the completion, its token ids and its reward."""
     ids = problems["problem_id"].to_list()
+    fmt = template if isinstance(template, PromptFormat) else PromptFormat(template)
     tokenizer = getattr(backend, "tokenizer", None)  # only a chat format needs it
-    prompts = [render(template, p, tokenizer) for p in problems["prompt"].to_list()]
+    prompts = [fmt.render(p, tokenizer) for p in problems["prompt"].to_list()]
     seeds = prompt_seeds(ids, base_seed, spec.num_samples)
-    groups = backend.generate(prompts, spec, seeds)
+    groups = backend.generate(prompts, with_stop_strings(spec, fmt.stop), seeds)
     rows: dict[str, list] = {k: [] for k in ROLLOUT_SCHEMA}
     for pid, seed, group in zip(ids, seeds, groups, strict=True):
         for j, c in enumerate(group):

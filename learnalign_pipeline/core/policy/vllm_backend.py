@@ -2,16 +2,20 @@
 
 Problem i's request carries seed s_i with n = K; vLLM derives child j's seed as s_i + j, which is why
 `generation.prompt_seeds` spaces seeds K apart. `generation_config="vllm"` keeps a checkpoint's
-generation_config.json from silently changing temperature or top-k.
+generation_config.json from silently changing temperature or top-k (vLLM still adds its EOS ids to the stop
+tokens, in either mode; we pass the same ids explicitly, so both backends stop alike: `generation.finish_completion`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..settings import setting
-from .generation import Completion, SamplingSpec
+from ..settings import require, setting
+from .generation import Completion, SamplingSpec, finish_completion, stop_token_ids
 
 INSTALL_HINT = (
     "vLLM is not installed. On a CUDA machine: pip install 'learnalign_pipeline[gpu]'. On a CPU-only x86-64 machine: "
@@ -30,16 +34,20 @@ def vllm_available() -> bool:
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    """The vLLM engine (used by stages whose `backend` is vllm)."""
+    """The vLLM engine (used by stages whose `backend` is vllm). One engine is alive at a time per process."""
 
     dtype: str = setting("float32", "weights dtype: float32 on CPU, bfloat16 on GPUs")
     max_model_len: int = setting(256, "context length (prompt + completion)")
     gpu_memory_utilization: float = setting(0.1, "KV-cache share of GPU memory (of system RAM on CPU)")
-    enforce_eager: bool = setting(True, "skip CUDA-graph / compile warm-up")
+    enforce_eager: bool = setting(
+        True, "skip CUDA-graph capture and compilation (True on CPU; False on GPUs is faster)"
+    )
+    tensor_parallel_size: int = setting(1, "GPUs one engine shards the model over")
     seed: int = setting(0, "engine seed (per-request seeds still decide the samples)")
-    # vLLM rewinds a seeded request's RNG offset when chunked prefill discards a partial sample, which CPU RNGs
-    # cannot do ("CPU Generator does not use offset"); without chunking, whole prompts are prefilled at once.
-    enable_chunked_prefill: bool = setting(False, "chunked prefill (must stay off on CPU: seeded requests fail)")
+
+    def __post_init__(self) -> None:
+        require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
 
 
 class VLLMBackend:
@@ -47,30 +55,58 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, settings: VLLMConfig):
+    def __init__(self, model_path: str, settings: VLLMConfig, visible_devices: str | None = None):
+        """`visible_devices`: CUDA_VISIBLE_DEVICES of the engine's processes (the GPUs of this shard step)."""
         self.model_path = str(model_path)
         self.settings = settings
+        self.visible_devices = visible_devices
         self._llm = None
+        self._tokenizer = None
 
     def _engine(self):
         if self._llm is None:
             try:
                 from vllm import LLM
+                from vllm.platforms import current_platform
             except ImportError as error:
                 raise RuntimeError(INSTALL_HINT) from error
             s = self.settings
-            self._llm = LLM(
-                model=self.model_path,
-                tokenizer=self.model_path,
-                dtype=s.dtype,
-                max_model_len=s.max_model_len,
-                gpu_memory_utilization=s.gpu_memory_utilization,
-                enforce_eager=s.enforce_eager,
-                seed=s.seed,
-                generation_config="vllm",
-                enable_chunked_prefill=s.enable_chunked_prefill,
-            )
+            # On CPU, vLLM rewinds a seeded request's RNG offset when chunked prefill discards a partial sample,
+            # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole prompts there.
+            chunked = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+            with _environment(CUDA_VISIBLE_DEVICES=self.visible_devices):  # inherited by the engine's processes
+                self._llm = LLM(
+                    model=self.model_path,
+                    tokenizer=self.model_path,
+                    dtype=s.dtype,
+                    max_model_len=s.max_model_len,
+                    gpu_memory_utilization=s.gpu_memory_utilization,
+                    enforce_eager=s.enforce_eager,
+                    tensor_parallel_size=s.tensor_parallel_size,
+                    seed=s.seed,
+                    generation_config="vllm",
+                    **chunked,
+                )
         return self._llm
+
+    @property
+    def alive(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's transformers tokenizer (renders chat prompts and decodes, as the other backend does)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def stop_ids(self) -> tuple[int, ...]:
+        from transformers import GenerationConfig
+
+        has_config = (Path(self.model_path) / "generation_config.json").exists()
+        return stop_token_ids(self.tokenizer, GenerationConfig.from_pretrained(self.model_path) if has_config else None)
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec, seeds: Sequence[int]) -> list[list[Completion]]:
         if len(seeds) != len(prompts):
@@ -78,6 +114,7 @@ class VLLMBackend:
         llm = self._engine()  # first: a missing install raises with the install hint
         from vllm import SamplingParams
 
+        stop_ids = self.stop_ids()
         params = [
             SamplingParams(
                 n=spec.num_samples,
@@ -86,28 +123,40 @@ class VLLMBackend:
                 top_k=0 if spec.temperature > 0 else -1,
                 max_tokens=spec.max_new_tokens,
                 seed=seed,
+                stop=list(spec.stop) or None,
+                stop_token_ids=list(stop_ids),
             )
             for seed in seeds
         ]
         outputs = llm.generate(list(prompts), params, use_tqdm=False)
-        eos = llm.get_tokenizer().eos_token_id
-        return [[_completion(c, eos) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
-
-    @property
-    def tokenizer(self):
-        return self._engine().get_tokenizer()
+        tok = self.tokenizer
+        return [
+            [
+                finish_completion(c.token_ids, stop_ids, spec.stop, tok)
+                for c in sorted(out.outputs, key=lambda c: c.index)
+            ]
+            for out in outputs
+        ]
 
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
         if self._llm is not None:
             # vLLM V1 runs the engine core in a child process; its client's shutdown stops it now, not at exit.
+            # (vLLM 0.32 has no public LLM.shutdown; this internal call is pinned with the version.)
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
 
 
-def _completion(output, eos: int) -> Completion:
-    ids = list(output.token_ids)
-    reason = "stop" if output.finish_reason == "stop" else "length"
-    if reason == "stop" and (not ids or ids[-1] != eos):
-        ids.append(eos)  # the trainer scores the end-of-sequence token too, as the transformers backend returns it
-    return Completion(text=output.text, token_ids=tuple(ids), finish_reason=reason)
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set the environment variables whose value is not None for the duration, then restore them."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

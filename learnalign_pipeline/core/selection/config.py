@@ -53,6 +53,20 @@ class FeatureConfig:
     on_nonfinite: Literal["fail", "exclude"] = setting(
         "fail", "NaN/inf features: fail naming the problems, or zero them (scored like p in {0,1}) and count them"
     )
+    memory_budget_gib: float | None = setting(
+        None,
+        "activation memory of one forward/backward: batches are split into sub-batches of whole problems whose "
+        "estimate (core/selection/memory.py) fits; default 80% of the free GPU memory, 4 GiB on CPU",
+    )
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute each decoder layer's activations in backward instead of keeping them (~1/3 more compute; "
+        "per-token memory drops from all layers' activations to one layer's plus each layer's input)",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.memory_budget_gib is None or self.memory_budget_gib > 0, "memory_budget_gib", "must be > 0")
+        require(self.problems_per_batch >= 1, "problems_per_batch", "must be >= 1")
 
     def projector(self) -> Projector:
         if self.projection == "dense":

@@ -1,6 +1,8 @@
 """Per-problem GRPO gradient features: the projected gradient of each problem's loss, from batched forward and
 backward passes (`capture.py`), and the per-problem loop they are checked and timed against.
 
+A batch of problems is split into sub-batches of whole problems whose estimated memory (`memory.py`) stays under
+the budget, so the stage is bounded by tokens, not by how many problems a content-defined batch happens to hold.
 Problems whose rollouts all got the same reward (p in {0, 1}) have zero advantage: they get a zero row and no
 backward pass (`features_for_rates`), since their gradient is at most the small KL term.
 """
@@ -17,27 +19,32 @@ from torch import nn
 from ..policy.rollouts import learnable_problems
 from ..task.prompts import PromptFormat
 from ..training.grpo import GRPOLossConfig, per_problem_loss, to_rollout_batch, token_logprobs
-from .capture import Scope, capture_batch, linear_layers
+from .capture import Scope, capture_features, linear_layers
 from .config import FeatureConfig
-from .projection import Projector, per_problem_outer
+from .memory import feature_memory, plan_sub_batches
+from .projection import ExactGradients, Projector
 
+__all__ = ["ExactGradients", "FeatureBatchResult", "gradient_features", "features_for_rates", "loop_gradients"]
 
-class ExactGradients:
-    """Identity "projection": the full flattened per-problem weight gradients (for tests and reference runs)."""
-
-    name = "exact"
-
-    def project_layer(self, name, x, gy, owner, num_problems):
-        return per_problem_outer(x.float(), gy.float(), owner, num_problems).flatten(1)
-
-    def finalize(self, blocks):
-        return blocks
+CPU_BUDGET_BYTES = 4 << 30  # a fixed default on CPU keeps sub-batches (and so the features' rounding) reproducible
 
 
 @dataclass(frozen=True)
 class FeatureBatchResult:
     problem_ids: list[str]
-    features: torch.Tensor  # [P, width] float32, rows in `problem_ids` order
+    features: torch.Tensor  # [P, width] float32 on the CPU, rows in `problem_ids` order
+
+
+def memory_budget(model, budget_gib: float | None) -> int:
+    """Bytes the activations of one sub-batch may take: `budget_gib`, or by default 80% of what is free on the
+    model's CUDA device once the models are loaded, and 4 GiB on the CPU."""
+    if budget_gib is not None:
+        return int(budget_gib * (1 << 30))
+    device = model.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.8 * free)
+    return CPU_BUDGET_BYTES
 
 
 def gradient_features(
@@ -53,26 +60,59 @@ def gradient_features(
     last_blocks: int = 1,
     problems_per_batch: int = 32,
     temperature: float = 1.0,
+    checkpointing: bool = False,
+    memory_budget_bytes: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> FeatureBatchResult:
-    """Projected gradient of each problem's GRPO loss (at `model`, KL against `ref_model`), `problems_per_batch`
-    problems per forward/backward. Callers skip zero-variance problems (`features_for_rates`)."""
+    """Projected gradient of each problem's GRPO loss (at `model`, KL against `ref_model`). Problems are taken
+    `problems_per_batch` at a time and each group is split further into sub-batches whose estimated memory stays
+    under `memory_budget_bytes` (default `memory_budget(model, None)`). Callers skip zero-variance problems
+    (`features_for_rates`)."""
     layers = linear_layers(model, scope, last_blocks)
     if not layers:
         raise ValueError(f"gradient scope {scope!r} selects no linear layers")
     model.eval()  # deterministic forward (no dropout); gradients still flow
+    budget = memory_budget_bytes or memory_budget(model, None)
+    estimator = feature_memory(model, layers, projector, autocast_dtype, checkpointing)
     blocks = []
     for start in range(0, problems.height, problems_per_batch):
         chunk = problems[start : start + problems_per_batch]
-        batch = to_rollout_batch(chunk, rollouts, tokenizer, template, loss_config)
-        inputs, output_grads, owner = capture_batch(model, ref_model, batch, loss_config, layers, temperature)
-        per_layer = [
-            projector.project_layer(name, inputs[name], output_grads[name], owner, batch.num_problems)
-            for name in layers
-        ]
-        blocks.append(projector.finalize(torch.cat(per_layer, dim=1)))
+        whole = to_rollout_batch(chunk, rollouts, tokenizer, template, loss_config)
+        samples = int(torch.bincount(whole.problem_index).max())
+        groups, head_chunk = plan_sub_batches(_problem_lengths(whole), samples, estimator, budget)
+        for group in groups:
+            batch = (
+                whole
+                if len(groups) == 1
+                else to_rollout_batch(chunk[group], rollouts, tokenizer, template, loss_config)
+            )
+            features = capture_features(
+                model,
+                ref_model,
+                batch,
+                loss_config,
+                layers,
+                projector,
+                temperature,
+                checkpointing,
+                head_chunk,
+                autocast_dtype,
+            )
+            blocks.append(features.float().cpu())
     width = blocks[0].shape[1] if blocks else 0
     features = torch.cat(blocks) if blocks else torch.zeros(0, width)
     return FeatureBatchResult(problems["problem_id"].to_list(), features)
+
+
+def _problem_lengths(batch) -> list[tuple[int, int]]:
+    """Per problem: (prompt tokens, longest completion) in a rollout batch."""
+    lengths = batch.attention_mask.sum(dim=1)
+    prompt = batch.completion_mask.argmax(dim=1) + 1
+    out = []
+    for p in range(batch.num_problems):
+        rows = batch.problem_index == p
+        out.append((int(prompt[rows].max()), int((lengths[rows] - prompt[rows]).max())))
+    return out
 
 
 def scatter_rows(problem_ids: list[str], result: FeatureBatchResult, empty_width: int = 0) -> torch.Tensor:
@@ -97,6 +137,7 @@ def features_for_rates(
     settings: FeatureConfig,
     template: str | PromptFormat,
     empty_width: int = 0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Raw projected gradients with rows following `rates`: computed for problems with 0 < p < 1, zero rows
     (no backward pass) for the rest."""
@@ -119,6 +160,9 @@ def features_for_rates(
             scope=settings.scope,
             last_blocks=settings.last_blocks,
             problems_per_batch=settings.problems_per_batch,
+            checkpointing=settings.activation_checkpointing,
+            memory_budget_bytes=memory_budget(model, settings.memory_budget_gib),
+            autocast_dtype=autocast_dtype,
         )
     return scatter_rows(rates["problem_id"].to_list(), result, empty_width)
 
@@ -138,14 +182,14 @@ def loop_gradients(
     layers = linear_layers(model, scope)
     rows = []
     for i in range(problems.height):
-        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, template, loss_config)
+        batch = to_rollout_batch(problems[i : i + 1], rollouts, tokenizer, template, loss_config).to(model.device)
         ref_logp = None
         if loss_config.beta:
             with torch.no_grad():
                 ref_logp = token_logprobs(ref_model, batch)
         model.zero_grad(set_to_none=True)
         per_problem_loss(token_logprobs(model, batch), batch, loss_config, ref_logp=ref_logp).sum().backward()
-        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]))
+        rows.append(torch.cat([layer.weight.grad.flatten() for layer in layers.values()]).cpu())
     model.zero_grad(set_to_none=True)
     return torch.stack(rows)
 

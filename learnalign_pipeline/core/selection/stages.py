@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from ..compute import CPU, ComputeConfig
 from ..policy.generation import GenerationBackend, SamplingSpec
 from ..policy.rollouts import ROLLOUT_SCHEMA, learnable_problems, sample_rollouts
 from ..storage.artifacts import TensorBundle
@@ -26,12 +27,12 @@ from ..task.config import TaskConfig
 from ..task.verify import Verifier
 from ..training.grpo import GRPOLossConfig
 from .config import FeatureConfig, RolloutConfig
-from .features import FeatureBatchResult, gradient_features
+from .features import FeatureBatchResult, gradient_features, memory_budget
 
 # Bump when the rows a namespace holds would change for the same settings (generation, verifier, gradient or
 # projection math), so cached rows of the old code are never served.
-ROLLOUT_ROWS_VERSION = "1"
-FEATURE_ROWS_VERSION = "1"
+ROLLOUT_ROWS_VERSION = "2"  # 2: stop strings and every EOS id; nothing appended
+FEATURE_ROWS_VERSION = "2"  # 2: projected inside the hooks, sub-batched by memory
 
 
 def shard_rows(problems: pl.DataFrame, shard: int, num_shards: int) -> pl.DataFrame:
@@ -171,9 +172,11 @@ class FeatureStage:
         loss: GRPOLossConfig,
         policy: str,
         reference: str | None,
+        compute: ComputeConfig = CPU,
     ):
-        """`policy` and `reference` are checkpoint content digests (`reference` None when the loss has no KL term)."""
-        self.cache, self.settings, self.task, self.loss = cache, settings, task, loss
+        """`policy` and `reference` are checkpoint content digests (`reference` None when the loss has no KL term);
+        `compute` where the features are computed (its device type and precision are part of what a row holds)."""
+        self.cache, self.settings, self.task, self.loss, self.compute = cache, settings, task, loss, compute
         projection = dataclasses.asdict(settings)
         for unused in ("problems_per_batch", "on_nonfinite"):  # batching and failure policy: not what a row holds
             del projection[unused]
@@ -186,6 +189,7 @@ class FeatureStage:
                 "loss": dataclasses.asdict(loss),
                 "projection": projection,
                 "prompt": self.task.prompt_format().name,
+                "compute": {"device": compute.torch_device().type, "autocast": str(compute.autocast_dtype())},
             },
         )
 
@@ -243,6 +247,9 @@ class FeatureStage:
                 scope=self.settings.scope,
                 last_blocks=self.settings.last_blocks,
                 problems_per_batch=members.height,
+                checkpointing=self.settings.activation_checkpointing,
+                memory_budget_bytes=memory_budget(model, self.settings.memory_budget_gib),
+                autocast_dtype=self.compute.autocast_dtype(),
             )
             bundle = TensorBundle(
                 {"features": result.features.contiguous()}, {"problem_ids": json.dumps(result.problem_ids)}

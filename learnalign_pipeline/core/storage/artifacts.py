@@ -4,6 +4,12 @@ Every artifact is content-addressed (its path holds the sha256 of its bytes), wr
 published with an atomic rename, so a reader sees a whole artifact or none, and a finished artifact is never
 overwritten. Loading verifies the recorded digest, so a tampered or truncated file is refused. Nothing is
 pickled: Parquet, safetensors and JSON only.
+
+A checkpoint directory is hashed once, when it is published: `manifest.json` lists every file with its sha256 and
+size, and the checkpoint's digest is computed from those entries. Loading a checkpoint (22 times per pipeline run,
+gigabytes each at 1.5B) checks the manifest against the recorded digest and every file's presence and size, which
+catches missing, extra and truncated files and an edited manifest; `verify_checkpoint(..., full=True)` re-hashes
+every byte.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import load as load_safetensors  # safetensors' own parser: no pickle
 
-from .hashing import sha256_bytes, tree_digest
+from .hashing import MANIFEST, files_digest, sha256_bytes, sha256_file, tree_digest, tree_files
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -71,8 +77,54 @@ def encode(value) -> tuple[bytes, str]:
 def content_digest(value) -> str:
     """The sha256 an artifact of `value` is stored under; also its Dagster data version."""
     if isinstance(value, Checkpoint):
-        return tree_digest(value.path)
+        return checkpoint_manifest(value.path)["digest"]
     return sha256_bytes(encode(value)[0])
+
+
+def _manifest_digest(files: list[dict]) -> str:
+    return files_digest((f["path"], f["sha256"]) for f in files)
+
+
+def checkpoint_manifest(root: Path) -> dict:
+    """The checkpoint's manifest, hashing every file and writing `manifest.json` the first time (the digest equals
+    `tree_digest(root)`). Call it on a finished staging directory: later calls read the file."""
+    path = Path(root) / MANIFEST
+    if path.exists():
+        return json.loads(path.read_text())
+    files = [
+        {"path": f.relative_to(root).as_posix(), "sha256": sha256_file(f), "size": f.stat().st_size}
+        for f in tree_files(root)
+    ]
+    manifest = {"digest": _manifest_digest(files), "files": files}
+    atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def verify_checkpoint(root: Path, expected_sha256: str, full: bool = False) -> None:
+    """Refuse a checkpoint whose manifest does not give `expected_sha256`, whose files differ from the manifest's
+    list or sizes, or (with `full`, re-hashing every byte) whose contents changed. Checkpoints published before
+    manifests existed are always checked in full."""
+    root = Path(root)
+    if not (root / MANIFEST).exists():
+        if tree_digest(root) != expected_sha256:
+            raise ArtifactIntegrityError(f"checkpoint {root} does not match its recorded digest {expected_sha256[:16]}")
+        return
+    manifest = json.loads((root / MANIFEST).read_text())
+    files = manifest["files"]
+    if _manifest_digest(files) != expected_sha256 or manifest["digest"] != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"checkpoint {root}: manifest does not match the recorded digest {expected_sha256[:16]}"
+        )
+    on_disk = {f.relative_to(root).as_posix(): f for f in tree_files(root)}
+    if set(on_disk) != {f["path"] for f in files}:
+        extra, missing = set(on_disk) - {f["path"] for f in files}, {f["path"] for f in files} - set(on_disk)
+        raise ArtifactIntegrityError(
+            f"checkpoint {root}: files differ from its manifest (extra {sorted(extra)}, missing {sorted(missing)})"
+        )
+    for entry in files:
+        path = on_disk[entry["path"]]
+        if path.stat().st_size != entry["size"] or (full and sha256_file(path) != entry["sha256"]):
+            raise ArtifactIntegrityError(f"checkpoint file {path} does not match its manifest")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -108,7 +160,7 @@ def publish_directory(staging: Path, final: Path) -> Path:
 def write_artifact(value, directory: Path) -> tuple[Path, str]:
     """Store `value` under `directory` named by its digest; returns (path, sha256)."""
     if isinstance(value, Checkpoint):
-        digest = tree_digest(value.path)
+        digest = checkpoint_manifest(value.path)["digest"]
         return publish_directory(Path(value.path), directory / digest[:16]), digest
     data, suffix = encode(value)
     digest = sha256_bytes(data)
@@ -124,8 +176,8 @@ def read_artifact(path: Path, expected_sha256: str | None = None):
     if not path.exists():
         raise FileNotFoundError(f"artifact {path} does not exist")
     if path.is_dir():
-        if expected_sha256 and tree_digest(path) != expected_sha256:
-            raise ArtifactIntegrityError(f"checkpoint {path} does not match its recorded digest {expected_sha256[:16]}")
+        if expected_sha256:
+            verify_checkpoint(path, expected_sha256)
         return Checkpoint(path)
     data = path.read_bytes()
     if expected_sha256 and sha256_bytes(data) != expected_sha256:

@@ -42,10 +42,17 @@ def files_digest(entries: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+MANIFEST = "manifest.json"  # a checkpoint's list of files with their sha256 and size: never part of its digest
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Every file under `root` except its manifest, in sorted path order."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST)
+
+
 def tree_digest(root: Path) -> str:
-    """The files_digest of every file under `root`, in sorted path order."""
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
-    return files_digest((path.relative_to(root).as_posix(), sha256_file(path)) for path in files)
+    """The files_digest of every file under `root` (its manifest aside), in sorted path order."""
+    return files_digest((path.relative_to(root).as_posix(), sha256_file(path)) for path in tree_files(root))
 
 
 def stable_hash(*parts: str) -> str:

@@ -17,6 +17,12 @@ TEMPLATES: dict[str, str] = {
 }
 
 
+# Where a completion of each template ends besides the model's EOS ids: lm-eval's gsm8k `until` list (a base model,
+# or an instruct model without its chat template, goes on to write the next "Question: ..." and the last-number
+# verifier would score that). The built-in policy's "qa" format ends with its EOS.
+TEMPLATE_STOPS: dict[str, tuple[str, ...]] = {"lm_eval_gsm8k": ("Question:", "</s>", "<|im_end|>")}
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """A template, optional worked exemplars before the question, optionally wrapped in the model's chat template."""
@@ -28,6 +34,11 @@ class PromptFormat:
     @property
     def name(self) -> str:
         return f"{self.template}{f'_{len(self.shots)}shot' if self.shots else ''}{'_chat' if self.chat else ''}"
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop strings of the template: generation ends at the token that completes one."""
+        return TEMPLATE_STOPS.get(self.template, ())
 
     def render(self, question: str, tokenizer=None) -> str:
         if self.template not in TEMPLATES:

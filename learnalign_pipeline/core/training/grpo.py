@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import polars as pl
 import torch
 
 from ..task.prompts import PromptFormat, render
+
+if TYPE_CHECKING:  # polars only where tables are read: the tensor code runs where polars is not installed
+    import polars as pl
 
 Aggregation = Literal["sample_mean", "token_mean", "constant"]
 
@@ -41,6 +43,11 @@ class RolloutBatch:
     problem_index: torch.Tensor  # [R] which problem (0..P-1) each row samples
     advantages: torch.Tensor  # [R]
     num_problems: int
+
+    def to(self, device) -> RolloutBatch:
+        """The batch on `device` (batches are built on the CPU, once, then moved)."""
+        tensors = ("input_ids", "attention_mask", "completion_mask", "problem_index", "advantages")
+        return RolloutBatch(**{f: getattr(self, f).to(device) for f in tensors}, num_problems=self.num_problems)
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> torch.Tensor:
@@ -67,19 +74,20 @@ def build_rollout_batch(
             owners.append(p)
             row_adv.append(float(advantages[p, k]))
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32)
+    cpu = torch.device("cpu")  # built on the CPU, then moved once (`RolloutBatch.to`)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=cpu)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=cpu)
+    completion_mask = torch.zeros((len(rows), width - 1), dtype=torch.float32, device=cpu)
     for i, (row, plen) in enumerate(zip(rows, prompt_lens)):
-        input_ids[i, : len(row)] = torch.tensor(row)
+        input_ids[i, : len(row)] = torch.tensor(row, device=cpu)
         attention_mask[i, : len(row)] = 1
         completion_mask[i, plen - 1 : len(row) - 1] = 1.0  # logits at t predict token t+1
     return RolloutBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         completion_mask=completion_mask,
-        problem_index=torch.tensor(owners, dtype=torch.long),
-        advantages=torch.tensor(row_adv, dtype=torch.float32),
+        problem_index=torch.tensor(owners, dtype=torch.long, device=cpu),
+        advantages=torch.tensor(row_adv, dtype=torch.float32, device=cpu),
         num_problems=len(prompt_ids),
     )
 
@@ -92,6 +100,8 @@ def to_rollout_batch(
     Both the trainer and the gradient-feature stage build their batches here, so they see identical
     token ids, masks and advantages for the same rollouts.
     """
+    import polars as pl
+
     by_problem = rollouts.group_by("problem_id", maintain_order=True).agg(
         pl.col("token_ids").sort_by("sample_index"), pl.col("reward").sort_by("sample_index")
     )
@@ -100,7 +110,7 @@ def to_rollout_batch(
         missing = order.filter(pl.col("token_ids").is_null())["problem_id"].head(3).to_list()
         raise ValueError(f"rollouts are missing for {order['token_ids'].null_count()} problems, e.g. {missing}")
     prompt_ids = [tokenizer(render(template, p, tokenizer))["input_ids"] for p in order["prompt"].to_list()]
-    rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32)
+    rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32, device="cpu")
     advantages = group_advantages(rewards, scale=loss.scale_rewards, eps=loss.advantage_eps)
     return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)
 
@@ -154,7 +164,7 @@ def per_problem_loss(
     owner = batch.problem_index
 
     def per_problem(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(batch.num_problems, dtype=values.dtype).index_add(0, owner, values)
+        return torch.zeros(batch.num_problems, dtype=values.dtype, device=values.device).index_add(0, owner, values)
 
     rows_per_problem = per_problem(torch.ones_like(row_sum))
     if config.aggregation == "sample_mean":

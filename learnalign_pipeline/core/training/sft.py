@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..policy.model import TinyPolicyConfig, build_model, train_tokenizer
-from ..task.prompts import render
+from ..task.prompts import PromptFormat, render
 from .batches import epoch_batches
 from .config import PretrainConfig
 
@@ -66,16 +66,24 @@ def supervised_pretrain(
 
 
 def pretrain_tiny_policy(
-    questions: list[str], targets: list[str], spec: TinyPolicyConfig, config: PretrainConfig, template: str, log=None
+    questions: list[str],
+    targets: list[str],
+    spec: TinyPolicyConfig,
+    config: PretrainConfig,
+    prompt_format: str | PromptFormat,
+    log=None,
 ):
     """Train the tokenizer on the corpus, build the model and pre-train it: returns (model, tokenizer, history).
 
     Targets are completions such as "3+4=7. #### 7"; a space separates them from the rendered question, as in
-    generation.
+    generation. With a chat format the questions are wrapped in the new tokenizer's chat template (the tokenizer
+    itself is trained on the plain text) and every target ends with the tokenizer's EOS, <|im_end|> for qwen style.
     """
-    prompts = [render(template, q) for q in questions]
+    fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
     completions = [" " + t for t in targets]
-    tokenizer = train_tokenizer((p + c for p, c in zip(prompts[:5000], completions[:5000])), spec.vocab_size)
+    plain = (render(fmt.template, q) + c for q, c in zip(questions[:5000], completions[:5000]))
+    tokenizer = train_tokenizer(plain, spec.vocab_size, style=spec.style)
+    prompts = [fmt.render(q, tokenizer) for q in questions]
     model = build_model(spec, tokenizer, config.seed)
     history = supervised_pretrain(model, tokenizer, prompts, completions, config, log=log)
     return model, tokenizer, history

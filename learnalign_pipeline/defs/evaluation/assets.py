@@ -8,7 +8,7 @@ from ...core.evaluation.benchmark import BenchmarkConfig, pass_at_1
 from ...core.storage.artifacts import Checkpoint
 from ...lib.config import config_view, settings
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
-from ...lib.resources import Generator, TaskSettings
+from ...lib.resources import ComputeSettings, Generator, TaskSettings
 from ...lib.tags import gpu_step
 
 # The columns people read; the artifact and the DuckDB table hold every column.
@@ -19,12 +19,13 @@ class BenchmarkRunConfig(config_view(BenchmarkConfig)):
     """Greedy pass@1 always; optionally also the mean over n samples per problem (core/evaluation/benchmark.py)."""
 
 
-@dg.asset(group_name="evaluation", code_version="2", **gpu_step("transformers", "duckdb"))
+@dg.asset(group_name="evaluation", code_version="3", **gpu_step("transformers", "duckdb"))
 def benchmark_results(
     context: dg.AssetExecutionContext,
     config: BenchmarkRunConfig,
     task: TaskSettings,
     generator: Generator,
+    compute: ComputeSettings,
     duckdb: DuckDBResource,
     benchmark_problems: pl.DataFrame,
     raw_problems: pl.DataFrame,
@@ -42,11 +43,18 @@ def benchmark_results(
     exemplars = raw_problems.filter(pl.col("solution").is_not_null()).head(bench.fewshot)
     prompt_format = task.prompt_format(shots=tuple(zip(exemplars["prompt"].to_list(), exemplars["solution"].to_list())))
     rows = []
-    for name, checkpoint in [("pretrained", pretrained_policy), ("warmup", warmup_policy), ("trained", trained_policy)]:
-        backend = generator.backend(bench.backend, checkpoint)
-        for spec in bench.decodings(task.max_new_tokens):
-            result, _ = pass_at_1(backend, benchmark_problems, verifier, prompt_format, spec, name, benchmark)
-            rows.append({**result.as_row(), "checkpoint": checkpoint.path.name})
+    try:  # one engine at a time: asking for the next checkpoint's engine shuts the previous one down
+        for name, checkpoint in [
+            ("pretrained", pretrained_policy),
+            ("warmup", warmup_policy),
+            ("trained", trained_policy),
+        ]:
+            backend = generator.backend(bench.backend, checkpoint, compute.config())
+            for spec in bench.decodings(task.max_new_tokens):
+                result, _ = pass_at_1(backend, benchmark_problems, verifier, prompt_format, spec, name, benchmark)
+                rows.append({**result.as_row(), "checkpoint": checkpoint.path.name})
+    finally:
+        generator.close_engine()
     table = pl.DataFrame(rows)
     append_to_duckdb(duckdb, "benchmark_results", table.with_columns(pl.lit(context.run_id).alias("run_id")))
     greedy = table.filter(pl.col("decoding") == "greedy")

@@ -1,23 +1,26 @@
 """The policies: the base policy (the built-in tiny policy pre-trained here, or a given checkpoint), the GRPO
 warm-up policy (LearnAlign step 1) and the policy RL-trained on the selected subset."""
 
+import json
 import time
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from ...core.compute import DTYPES
 from ...core.data.arithmetic import pretraining_corpus
-from ...core.policy.model import load_policy
+from ...core.policy.model import copy_checkpoint
 from ...core.storage.artifacts import Checkpoint
 from ...core.training.sft import pretrain_tiny_policy
+from ...lib.outputs import versioned
 from ...lib.progress import step_progress
 from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import gpu_step
 from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
 
 
-@dg.asset(group_name="policy", code_version="1", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="2", **gpu_step("transformers"))
 def pretrained_policy(
     context: dg.AssetExecutionContext,
     config: PretrainRunConfig,
@@ -27,16 +30,12 @@ def pretrained_policy(
 ) -> dg.Output[Checkpoint]:
     """The base policy. Built-in: the tiny policy pre-trained on a generated corpus that excludes every benchmark
     problem. With `model_path`: a copy of that checkpoint, so every later stage reads a versioned artifact."""
-    if config.model_path:
-        model, tokenizer = load_policy(config.model_path)  # fails clearly if the path holds no checkpoint
-        return publish_checkpoint(
-            store,
-            model,
-            tokenizer,
-            [],
-            config.model_dump(),
-            source=config.model_path,
-            summary=f"copied {config.model_path}",
+    if config.model_path:  # copied byte for byte: the base model keeps its dtype, and nothing is loaded
+        staging = store.staging_dir()
+        parameters = copy_checkpoint(config.model_path, staging)
+        (staging / "training_config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
+        return versioned(
+            Checkpoint(staging), source=config.model_path, parameters=parameters, summary=f"copied {config.model_path}"
         )
     pretrain, spec = pretrain_settings(config)
     questions, targets = pretraining_corpus(
@@ -48,7 +47,7 @@ def pretrained_policy(
     started = time.perf_counter()
     with step_progress(context, pretrain.steps, "pre-training steps") as progress:
         model, tokenizer, history = pretrain_tiny_policy(
-            questions, targets, spec, pretrain, task.template, log=progress
+            questions, targets, spec, pretrain, task.prompt_format(), log=progress
         )
     return publish_checkpoint(
         store,
@@ -56,6 +55,7 @@ def pretrained_policy(
         tokenizer,
         history,
         config.model_dump(),
+        dtype=DTYPES[spec.save_dtype],
         summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
         corpus_examples=len(questions),
         vocab_size=len(tokenizer),

@@ -44,7 +44,13 @@ def _stage(step: Step) -> FeatureStage:
     loss = r.grpo_loss.loss_config(task.max_new_tokens)
     policy, reference = step.inputs["warmup_policy"], _reference(step)
     return FeatureStage(
-        r.row_cache.cache(), settings(step.config, FeatureConfig), task, loss, policy.path.name, reference.path.name
+        r.row_cache.cache(),
+        settings(step.config, FeatureConfig),
+        task,
+        loss,
+        policy.path.name,
+        reference.path.name,
+        r.compute.config(),
     )
 
 
@@ -59,8 +65,10 @@ def _shard(step: Step, work: dict) -> dict:
     """Compute the projected gradients of one shard's batches that the row cache lacks."""
     stage, i = _stage(step), step.inputs
 
+    device = stage.compute.for_shard(work["shard"]).torch_device()  # shard i on GPU i of a multi-GPU node
+
     def load_models():
-        model, tokenizer = load_policy(i["warmup_policy"].path)
+        model, tokenizer = load_policy(i["warmup_policy"].path, device=device)
         return model, reference_model(stage.loss, _reference(step), i["warmup_policy"], model), tokenizer
 
     started = time.perf_counter()
@@ -124,10 +132,10 @@ projected_gradients = sharded_asset(
     stage="gradient",
     inputs=("raw_problems", "rollouts", "success_rates", "warmup_policy", "pretrained_policy"),
     config=GradientConfig,
-    resources={"task", "grpo_loss", "row_cache"},
+    resources={"task", "grpo_loss", "compute", "row_cache"},
     outs={
         "projected_gradients": dg.AssetOut(
-            code_version="3",
+            code_version="4",
             description="Unit-norm projected gradient of each problem's GRPO loss (float16) and its norm; rows follow "
             "`success_rates`. Problems with p in {0, 1} have zero advantage: no backward pass, a zero row.",
             **gpu_asset(),

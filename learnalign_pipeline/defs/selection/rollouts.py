@@ -46,8 +46,9 @@ def _shard(step: Step, work: dict) -> dict:
     problems = shard_rows(step.inputs["raw_problems"], work["shard"], NUM_SHARDS)
     verifier = task.make_verifier()
     started = time.perf_counter()
+    compute = step.resources.compute.config().for_shard(work["shard"], generator.tensor_parallel_size)
     stats = stage.generate_missing(
-        problems, lambda: generator.backend(stage.settings.backend, step.inputs["warmup_policy"]), verifier
+        problems, lambda: generator.backend(stage.settings.backend, step.inputs["warmup_policy"], compute), verifier
     )
     return {
         "shard": work["shard"],
@@ -64,6 +65,7 @@ def _rate_histogram(rates: pl.DataFrame) -> str:
 
 def _collect(step: Step, manifests: list[dict]):
     """The rollouts of every pool problem from the row cache, in pool order, and the success rates."""
+    step.resources.generator.close_engine()  # the shard steps (in one process) shared it; later steps need the GPU
     stage = _stage(step)
     rollouts = stage.gather(step.inputs["raw_problems"])
     stats = merge_counts(manifests, "stats")
@@ -103,15 +105,15 @@ rollouts_and_success_rates = sharded_asset(
     stage="rollout",
     inputs=("raw_problems", "warmup_policy"),
     config=RolloutRunConfig,
-    resources={"task", "generator", "row_cache"},
+    resources={"task", "generator", "compute", "row_cache"},
     outs={
         "rollouts": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="One row per (problem, sample): completion, token ids, reward.",
             **gpu_asset("transformers"),
         ),
         "success_rates": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="Per problem: samples, successes and success rate p.",
             **gpu_asset("transformers"),
         ),
