@@ -365,7 +365,6 @@ def grpo_stage(
             "start": start.path.name,
             **recorded,
         },
-        dtype=checkpoint_dtype(start.path),  # the base model's dtype (bf16 for real checkpoints), not the fp32 master
         summary=f"reward {history[0]['reward_mean']:.2f} -> {history[-1]['reward_mean']:.2f} over {len(history)} steps",
         problems=problems.height,
         reward_first_step=history[0]["reward_mean"],

@@ -63,12 +63,13 @@ def test_a_step_splits_into_processes_and_micro_batches_or_is_refused():
 
 @pytest.fixture(scope="module")
 def quirky(tokenizer, tmp_path_factory):
-    """A config-built Qwen2 with an untied head whose EOS logit is raised so completions end at varied lengths
-    (1 to max_new_tokens), saved with a reference that differs from it (so the KL term has a gradient)."""
+    """A config-built Qwen2 with an untied head, a vocabulary padded 16 ids beyond the tokenizer, and an EOS logit
+    raised so completions end at varied lengths (1 to max_new_tokens), saved with a reference that differs from it
+    (so the KL term has a gradient)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer) + 16, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=1, num_key_value_heads=1, head_dim=64, tie_word_embeddings=False,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip

@@ -34,7 +34,8 @@ import polars as pl
 import torch
 
 from ..compute import ComputeConfig
-from ..policy.generation import SamplingSpec, TransformersBackend, prompt_seeds
+from ..policy.generation import SamplingSpec, TransformersBackend, prompt_seeds, with_stop_strings
+from ..policy.model import checkpoint_dtype
 from ..storage.hashing import sha256_file
 from ..task.config import TaskConfig
 from ..task.prompts import render
@@ -136,8 +137,16 @@ class SeededRollouts:
     """TRL `rollout_func`: TRL hands over its rows (each problem's prompt repeated num_samples times, rows of a
     generation batch split contiguously over processes); row j of a group is sampled with our seeded sampler."""
 
-    def __init__(self, tokenizer, sampling: SamplingSpec, problem_of_prompt: dict[str, str], seed: int):
+    def __init__(
+        self,
+        tokenizer,
+        sampling: SamplingSpec,
+        problem_of_prompt: dict[str, str],
+        seed: int,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.tokenizer = tokenizer
+        self.autocast_dtype = autocast_dtype
         self.one_sample = dataclasses.replace(sampling, num_samples=1)  # row j is drawn alone with seed + j
         self.problem_of_prompt = problem_of_prompt
         self.seed = seed
@@ -158,7 +167,10 @@ class SeededRollouts:
             trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),  # FSDP: whole weights (TRL 1.16)
         ):  # fmt: skip
             completions = [
-                g[0] for g in TransformersBackend(model, self.tokenizer).generate(prompts, self.one_sample, seeds)
+                g[0]
+                for g in TransformersBackend(model, self.tokenizer, autocast_dtype=self.autocast_dtype).generate(
+                    prompts, self.one_sample, seeds
+                )
             ]
         return {
             "prompt_ids": [self.tokenizer(p)["input_ids"] for p in prompts],
@@ -303,13 +315,14 @@ def train_run(
         "answer": [problems["answer"][i] for i in order],
         "problem_id": [problems["problem_id"][i] for i in order],
     })  # fmt: skip
-    start_config = json.loads((Path(run.start) / "config.json").read_text())  # the published policy keeps these
     model = AutoModelForCausalLM.from_pretrained(run.start, dtype=torch.float32, use_safetensors=True)  # master weights
     if grpo.beta:
         # GRPOTrainer loads its frozen reference model from this path (trl: get_config_model_id(model.config)).
         model.config._name_or_path = run.reference or run.start
-    sampling = grpo.sampling(task.max_new_tokens)
-    rollouts = SeededRollouts(tokenizer, sampling, dict(zip(prompts, problems["problem_id"])), grpo.seed)
+    sampling = with_stop_strings(grpo.sampling(task.max_new_tokens), template.stop)  # as the rollout stage samples
+    rollouts = SeededRollouts(
+        tokenizer, sampling, dict(zip(prompts, problems["problem_id"])), grpo.seed, compute.autocast_dtype()
+    )
     reward = VerifierReward(verifier or task.make_verifier())
     checkpoints = Path(run.state_dir) / run.attempt
     history: list[dict] = []
@@ -358,7 +371,10 @@ def train_run(
             history.append(record)
             report(record)
 
-    args = TRLGRPOConfig(**trl_args(grpo, task, trainer_config, compute, str(checkpoints)))
+    args = trl_args(grpo, task, trainer_config, compute, str(checkpoints))
+    if trainer_config.rollouts == "vllm" and sampling.stop:
+        args["generation_kwargs"] = {"stop": list(sampling.stop)}  # vLLM's SamplingParams: the same stop strings
+    args = TRLGRPOConfig(**args)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward,
@@ -378,7 +394,7 @@ def train_run(
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
-    _save_final(trainer, tokenizer, Path(run.output), start_config, history)
+    _save_final(trainer, tokenizer, Path(run.output), Path(run.start), history)
     records = _gathered(reward.records)
     if run.record_rollouts and trainer.accelerator.is_main_process:
         _records_frame(records).write_parquet(checkpoints / ROLLOUT_RECORDS)
@@ -429,16 +445,17 @@ def _history_from_state(checkpoint: Path) -> list[dict]:
     ]
 
 
-def _save_final(trainer, tokenizer, output: Path, start_config: dict, history: list[dict]) -> None:
+def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dict]) -> None:
     """The trained policy as a save_pretrained directory in the start checkpoint's dtype and settings (training
     turns off the KV cache): gathered from every rank (replicated, FSDP full state or ZeRO-3), written by the main
     process, with the training log (no timings, so identical training gives identical bytes)."""
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.accelerator.is_main_process:
         return
-    dtype = getattr(torch, start_config.get("dtype") or start_config.get("torch_dtype") or "float32")
+    dtype = checkpoint_dtype(start)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.dtype, model.config.use_cache = dtype, start_config.get("use_cache", True)
+    model.config.dtype = dtype
+    model.config.use_cache = json.loads((start / "config.json").read_text()).get("use_cache", True)
     model.save_pretrained(output, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
     tokenizer.save_pretrained(output)
     pl.DataFrame(history).drop("seconds", strict=False).write_parquet(output / "training_log.parquet")
