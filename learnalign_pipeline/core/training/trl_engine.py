@@ -1,4 +1,5 @@
-"""GRPO through TRL's `GRPOTrainer`, the one training engine, bound to our loss.
+"""GRPO through TRL's `GRPOTrainer`, the one training engine, bound to our loss. (polars is imported where it is
+used: scripts/gpu_check.py runs `trl_args`, `SeededRollouts` and `VerifierReward` where there is no polars.)
 
 `trl_args` maps our settings to TRL's so that TRL minimizes exactly `grpo.per_problem_loss(...).mean()` (the
 parity test, tests/core/test_trl_engine.py, checks one update against ours), and refuses what TRL cannot express:
@@ -30,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import polars as pl
 import torch
 
 from ..compute import ComputeConfig
@@ -294,6 +294,7 @@ def train_run(
     (tests use synthetic rewards)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     import datasets
+    import polars as pl
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOConfig as TRLGRPOConfig
@@ -430,7 +431,9 @@ def _gathered(records: list[dict]) -> list[dict]:
     return gather_object(records)
 
 
-def _records_frame(records: list[dict]) -> pl.DataFrame:
+def _records_frame(records: list[dict]):
+    import polars as pl
+
     schema = {"step": pl.Int32, "problem_id": pl.String, "reward": pl.Float64, "num_tokens": pl.Int32}
     return pl.DataFrame(records, schema=schema).sort("step", "problem_id", maintain_order=True)
 
@@ -458,4 +461,6 @@ def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dic
     model.config.use_cache = json.loads((start / "config.json").read_text()).get("use_cache", True)
     model.save_pretrained(output, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
     tokenizer.save_pretrained(output)
+    import polars as pl
+
     pl.DataFrame(history).drop("seconds", strict=False).write_parquet(output / "training_log.parquet")
