@@ -35,7 +35,7 @@ import torch
 
 from ..compute import ComputeConfig
 from ..policy.generation import SamplingSpec, TransformersBackend, prompt_seeds, with_stop_strings
-from ..policy.model import checkpoint_dtype
+from ..policy.model import checkpoint_dtype, save_policy
 from ..storage.hashing import sha256_file
 from ..task.config import TaskConfig
 from ..task.prompts import render
@@ -455,12 +455,9 @@ def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dic
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.accelerator.is_main_process:
         return
-    dtype = checkpoint_dtype(start)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.dtype = dtype
     model.config.use_cache = json.loads((start / "config.json").read_text()).get("use_cache", True)
-    model.save_pretrained(output, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
-    tokenizer.save_pretrained(output)
+    save_policy(model, tokenizer, output, dtype=checkpoint_dtype(start), state=state)
     import polars as pl
 
     pl.DataFrame(history).drop("seconds", strict=False).write_parquet(output / "training_log.parquet")
