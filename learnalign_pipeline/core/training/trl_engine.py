@@ -351,7 +351,8 @@ def train_run(
                 p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment decay
 
         def on_save(self, args, state, control, **kwargs):
-            records = _gathered(reward.records)  # also a barrier: every rank has written its part of the checkpoint
+            _barrier()  # every rank has written its part of the checkpoint (optimizer shards, RNG state)
+            records = _gathered(reward.records) if run.record_rollouts else []
             if state.is_world_process_zero:
                 path = checkpoints / f"checkpoint-{state.global_step}"
                 # HF pickles the whole TrainingArguments here and never reads it back: keep only tensor files, which
@@ -360,8 +361,7 @@ def train_run(
                 if run.record_rollouts:
                     _records_frame(records).write_parquet(path / ROLLOUT_RECORDS)
                 seal_checkpoint(path)
-            if torch.distributed.is_initialized():
-                torch.distributed.barrier()
+            _barrier()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "reward" not in logs:
@@ -396,7 +396,7 @@ def train_run(
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     _save_final(trainer, tokenizer, Path(run.output), Path(run.start), history)
-    records = _gathered(reward.records)
+    records = _gathered(reward.records) if run.record_rollouts else []
     if run.record_rollouts and trainer.accelerator.is_main_process:
         _records_frame(records).write_parquet(checkpoints / ROLLOUT_RECORDS)
     summary = {
@@ -420,6 +420,11 @@ def _metrics(logs: dict) -> dict:
     """Our training-log record from one of TRL's log entries (NaN for what it did not log)."""
     values = {ours: logs.get(theirs) for ours, theirs in HISTORY_KEYS.items()}
     return {k: float("nan") if v is None else float(v) for k, v in values.items()}
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _gathered(records: list[dict]) -> list[dict]:

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from ...core.policy.generation import SamplingSpec, TransformersBackend
-from ...core.policy.model import checkpoint_dtype, load_policy
+from ...core.policy.model import load_policy
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
 from ...core.selection.config import FeatureConfig
@@ -270,7 +270,6 @@ def full_data_run(
         run.history,
         {**config.model_dump(), "steps": steps, "loss": grpo_loss.model_dump(), "start": warmup_policy.path.name},
         output_name="full_data_policy",
-        dtype=checkpoint_dtype(warmup_policy.path),
         problems=raw_problems.height,
         epochs=config.epochs,
         train_seconds=run.train_seconds,
