@@ -156,10 +156,8 @@ def launch_command(trainer: TrainerConfig, compute: ComputeConfig, launch_file: 
     command += ["--num_processes", str(trainer.processes), "--main_process_port", str(_free_port())]
     command += ["--mixed_precision", {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "no")]
     command += ["--dynamo_backend", "no"]
-    if trainer.distributed == "ddp":
-        command += [
-            "--multi_gpu"
-        ]  # the torch-elastic launcher; on CPU the processes use gloo (`--cpu` would start one)
+    if trainer.distributed == "ddp":  # the torch-elastic launcher; on CPU its processes use gloo (--cpu: just one)
+        command += ["--multi_gpu"]
     else:
         command += ["--config_file", str(ACCELERATE_CONFIGS / f"{trainer.distributed}.yaml")]
     return [*command, *script]
