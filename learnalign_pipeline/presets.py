@@ -62,14 +62,19 @@ SMOKE_CURRICULUM: dict = {
 
 GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
 
-# LearnAlign's GSM8K setup, for a GPU: pool = GSM8K train, benchmark = GSM8K test, warm-up on 300 random pool
-# problems, groups of G=8 rollouts at temperature 1.0, GRPO beta=0.04 / eps=0.2 (GRPOConfig's defaults),
-# lr 1e-6, budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
+# LearnAlign's GSM8K setup, for a GPU node: pool = GSM8K train, benchmark = GSM8K test, chat template on, warm-up
+# for one epoch of 300 random pool problems (5 steps x 60), groups of G=8 rollouts at temperature 1.0, GRPO
+# beta=0.04 / eps=0.2 (GRPOConfig's defaults), lr 1e-6, 48 problems per step on the subset (the paper's probable
+# batch), budget N=1000 (the paper sweeps N in {100, 500, 1000, 2000}: override selected_subset.budget).
 # The paper's policy is a pretrained 1.5B chat model: set pretrained_policy.model_path to its local directory.
 # Every step runs in its own process (multiprocess executor): a vLLM engine's GPU memory is freed when its step
 # ends, and on a node with several GPUs the shard steps run side by side, shard i on GPU i
 # (LEARNALIGN_NUM_SHARDS = number of GPUs; docs/usage.md). Instruct models get their chat template; lm-eval's
 # gsm8k stop string ("Question:") ends a completion that runs on.
+# Training runs through TRL in one process per GPU (`trainer.processes`: set it to the node's GPU count; a step's
+# problems_per_step x 8 rows must split over them into micro-batches of 12), vLLM colocated for the rollouts,
+# gradient checkpointing, bf16 autocast over fp32 master weights (the `compute` default on CUDA). For 7B-8B
+# models set trainer.distributed to "fsdp".
 GSM8K_GPU: dict = {
     "execution": {"config": {"multiprocess": {}}},
     "ops": {
@@ -77,11 +82,22 @@ GSM8K_GPU: dict = {
         "raw_problems": {"config": {"source": "file", "path": f"{GSM8K_DIR}/train.jsonl", "format": "gsm8k"}},
         # Replace with a local or shared-storage save_pretrained directory (e.g. Qwen2.5-1.5B-Instruct).
         "pretrained_policy": {"config": {"model_path": "/models/Qwen2.5-1.5B-Instruct"}},
-        "warmup_policy": {"config": {"subset_size": 300, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "warmup_policy": {
+            "config": {
+                "subset_size": 300,
+                "steps": 5,
+                "problems_per_step": 60,
+                "num_samples": 8,
+                "temperature": 1.0,
+                "learning_rate": 1e-6,
+            }
+        },
         "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
         "projected_gradients": {"config": {"activation_checkpointing": True}},
         "selected_subset": {"config": {"budget": 1000}},
-        "trained_policy": {"config": {"num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}},
+        "trained_policy": {
+            "config": {"problems_per_step": 48, "num_samples": 8, "temperature": 1.0, "learning_rate": 1e-6}
+        },
         "benchmark_results": {"config": {"backend": "vllm"}},
     },
     "resources": {
@@ -89,6 +105,15 @@ GSM8K_GPU: dict = {
             "config": {"template": "lm_eval_gsm8k", "chat": True, "verifier": "numeric_flexible", "max_new_tokens": 512}
         },
         "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
+        "trainer": {
+            "config": {
+                "processes": 8,
+                "micro_batch_rows": 12,
+                "gradient_checkpointing": True,
+                "rollouts": "vllm",
+                "vllm_memory_utilization": 0.3,
+            }
+        },
         "generator": {
             "config": {
                 "dtype": "bfloat16",

@@ -12,10 +12,16 @@ their config.json values with random weights, which have the real models' shapes
 4. the same feature stage on Qwen2.5-7B (untied lm_head);
 5. sampler memory at 24 vs 512 new tokens (64 rows, the 1.5B vocabulary): noise pre-allocated as
    [rows, steps, vocab] (before issue 14) vs drawn per step;
-6. checkpoint save (bfloat16 save_pretrained of the 1.5B model) and the time to hash it once.
+6. checkpoint save (bfloat16 save_pretrained of the 1.5B model) and the time to hash it once;
+7. one TRL GRPO step on Qwen2.5-1.5B (issue 15): GRPOTrainer with the project's settings mapping, seeded
+   transformers rollouts (4 problems x 8 samples, 300 new tokens, no vLLM), a KL reference, gradient checkpointing,
+   micro-batches of 8 with accumulation, bfloat16 autocast over float32 master weights: step time and peak memory.
+   The GPU machine has no TRL: carry it (`--vendor DIR`, a `pip install --target DIR` of trl==1.16.0 and
+   datasets==5.2.0 with their pure-Python dependencies for that machine's Python); without it the check says so.
 
 GPU memory is capped at 79 GiB, so "OOM" means "does not fit an 80 GB card"; no check starts after 420 s.
     python scripts/gpu_check.py           # on the GPU machine, from the repository root (< 8 min on one H200)
+    python scripts/gpu_check.py --only trl --vendor .gpu_vendor   # just check 7, TRL from a carried directory
     python scripts/gpu_check.py --tiny    # the same code on CPU with tiny shapes, in about a minute (CI runs it)
 """
 
@@ -369,16 +375,144 @@ def check_checkpoint(name, model):
     )
 
 
+def check_trl_step(name, device, compute, shapes):
+    """One GRPO optimizer step through TRL's GRPOTrainer as the training stages run it (core/training/trl_engine.py:
+    the settings mapping, seeded transformers rollouts, the verifier reward), on `name`'s shapes."""
+    try:
+        import datasets
+        import trl
+    except ImportError as error:
+        report(f"7 TRL GRPO step [{name}]", "skipped", f"TRL not importable ({error}): pass --vendor DIR")
+        return
+    try:
+        import polars  # noqa: F401
+    except ImportError:  # the GPU machine: core/data builds its polars schema at import; nothing here uses it
+        sys.modules["polars"] = _stand_in_module("polars")
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers.trainer_callback import PrinterCallback
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+    from learnalign_pipeline.core.task.config import TaskConfig
+    from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
+    from learnalign_pipeline.core.training.trl_engine import SeededRollouts, VerifierReward, trl_args
+
+    problems, samples = shapes["trl_problems"], shapes["samples"]
+    grpo = GRPOConfig(steps=1, problems_per_step=problems, num_samples=samples, beta=0.04, checkpoint_every=0)
+    task = TaskConfig(max_new_tokens=shapes["completion"])
+    trainer = TrainerConfig(micro_batch_rows=shapes["trl_micro"], gradient_checkpointing=True)
+    vocab = {chr(0x21 + i): i for i in range(90)}  # a small byte-free BPE: 90 printable characters, pad and eos
+    vocab.update({"<pad>": 90, "<eos>": 91})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    gen = torch.Generator().manual_seed(0)
+    prompts = [
+        "".join(chr(0x21 + int(c)) for c in torch.randint(0, 90, (shapes["prompt"],), generator=gen))
+        for _ in range(problems)
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "policy"
+        model = build(name, device)
+        save_policy(
+            model, tokenizer, path, dtype=torch.bfloat16
+        )  # the KL reference is loaded from disk, as in training
+        del model
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+        args = trl_args(grpo, task, trainer, compute, str(Path(directory) / "trl"))
+        dataset = datasets.Dataset.from_dict(
+            {"prompt": prompts, "answer": ["0"] * problems, "problem_id": [f"p{i}" for i in range(problems)]}
+        )
+
+        class LengthParity:
+            name = "parity"
+
+            def score_batch(self, completions, golds):
+                return [float(len(c) % 2 == 0) for c in completions]
+
+        try:
+            base = reset_peak(device)
+            step = trl.GRPOTrainer(
+                model=policy,
+                reward_funcs=VerifierReward(LengthParity()),
+                args=trl.GRPOConfig(**args),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                rollout_func=SeededRollouts(
+                    tokenizer,
+                    grpo.sampling(task.max_new_tokens),
+                    {p: f"p{i}" for i, p in enumerate(prompts)},
+                    grpo.seed,
+                    compute.autocast_dtype(),
+                ),
+            )
+            step.remove_callback(PrinterCallback)
+            synchronize(device)
+            started = time.perf_counter()
+            step.train()
+            synchronize(device)
+            seconds = time.perf_counter() - started
+            logged = [h for h in step.state.log_history if "reward" in h][-1]
+            report(
+                f"7 TRL GRPO step [{name}]",
+                f"{problems}x{samples} rows, {shapes['completion']} new tokens: step s, peak GiB",
+                f"{seconds:.1f}, {peak(device, base) / 2**30:.2f}",
+            )
+            report(
+                f"7 TRL GRPO step [{name}]",
+                "generated tokens/row, loss, kl",
+                f"{logged['completions/mean_length']:.0f}, {logged['loss']:.4g}, {logged.get('kl', 0.0):.3g}",
+            )
+        except torch.OutOfMemoryError:
+            report(f"7 TRL GRPO step [{name}]", f"{problems}x{samples} rows", "OOM")
+
+
+def _stand_in_module(name: str):
+    """A module whose every attribute is a no-op callable, for a package the GPU machine lacks and whose only use
+    on this path is at import time."""
+    import types
+
+    class _Anything:
+        def __call__(self, *args, **kwargs):
+            return self
+
+        def __getattr__(self, attribute):
+            return self
+
+    module = types.ModuleType(name)
+    module.__getattr__ = lambda attribute: _Anything()
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: exercises the code, measures nothing")
     parser.add_argument("--time-limit", type=float, default=420.0, help="seconds after which no check starts")
+    parser.add_argument("--only", choices=["trl"], help="run only this check")
+    parser.add_argument(
+        "--vendor", type=Path, help="a directory of packages the machine lacks (trl, datasets), put first on sys.path"
+    )
     args = parser.parse_args()
+    if args.vendor:
+        sys.path.insert(0, str(args.vendor.resolve()))
     compute = ComputeConfig()
     device = compute.torch_device()
     if args.tiny:
         names = ("tiny-tied", "tiny-untied")
-        shapes = dict(samples=2, prompt=12, completion=8, problems=(1, 3), loop_problems=2, budget=64 << 20)
+        shapes = dict(
+            samples=2,
+            prompt=12,
+            completion=8,
+            problems=(1, 3),
+            loop_problems=2,
+            budget=64 << 20,
+            trl_problems=2,
+            trl_micro=2,
+        )
         sampler = ("tiny-tied", 448, 8, (24, 512))
     else:
         if device.type != "cuda":
@@ -386,7 +520,16 @@ def main() -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, 79 * 2**30 / total), device)
         names = ("Qwen2.5-1.5B", "Qwen2.5-7B")
-        shapes = dict(samples=8, prompt=120, completion=300, problems=(1, 4, 8), loop_problems=4, budget=60 << 30)
+        shapes = dict(
+            samples=8,
+            prompt=120,
+            completion=300,
+            problems=(1, 4, 8),
+            loop_problems=4,
+            budget=60 << 30,
+            trl_problems=4,
+            trl_micro=8,
+        )
         sampler = ("Qwen2.5-1.5B", 151_936, 64, (24, 512))
     print(
         f"torch {torch.__version__}, device {device}"
@@ -394,6 +537,9 @@ def main() -> None:
         + f", autocast {compute.autocast_dtype()}",
         flush=True,
     )
+    if args.only == "trl":
+        check_trl_step(names[0], device, compute, shapes)
+        names = ()
     for i, name in enumerate(names):
         if time.perf_counter() - STARTED > args.time_limit:
             break
@@ -413,8 +559,10 @@ def main() -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if time.perf_counter() - STARTED <= args.time_limit:
+    if names and time.perf_counter() - STARTED <= args.time_limit:
         check_sampler(sampler[0], device, sampler[1], sampler[2], sampler[3])
+    if names and time.perf_counter() - STARTED <= args.time_limit:
+        check_trl_step(names[0], device, compute, shapes)
     print(f"\nfinished in {time.perf_counter() - STARTED:.0f} s\n\n| check | quantity | value |\n|---|---|---|")
     for row in ROWS:
         print("| " + " | ".join(row) + " |")

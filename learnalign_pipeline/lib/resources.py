@@ -2,7 +2,8 @@
 
 Settings resources are views of core's settings objects (`lib/config.py`): `task` (how problems are posed and
 checked, shared by every generating stage), `grpo_loss` (the loss warm-up, the gradient features and training
-share), `compute` (device and precision) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
+share), `compute` (device and precision), `trainer` (how GRPO trains: TRL processes, micro-batches) and
+`generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
 database and the watched dataset files.
 """
 
@@ -24,7 +25,7 @@ from ..core.selection.config import BackendName
 from ..core.storage.artifacts import Checkpoint
 from ..core.storage.row_cache import RowCache
 from ..core.task.config import TaskConfig
-from ..core.training.config import LOSS_FIELDS, GRPOConfig
+from ..core.training.config import LOSS_FIELDS, GRPOConfig, TrainerConfig
 from ..core.training.grpo import GRPOLossConfig
 from ..paths import project_home
 from .config import config_view, settings
@@ -70,6 +71,13 @@ class ComputeSettings(config_view(ComputeConfig, base=dg.ConfigurableResource)):
 
     def config(self) -> ComputeConfig:
         return settings(self, ComputeConfig)
+
+
+class TrainerSettings(config_view(TrainerConfig, base=dg.ConfigurableResource)):
+    """How GRPO stages train: TRL in `processes` processes (one per GPU), micro-batches, rollouts (seeded or vLLM)."""
+
+    def config(self) -> TrainerConfig:
+        return settings(self, TrainerConfig)
 
 
 class GRPOLoss(config_view(GRPOConfig, base=dg.ConfigurableResource, include=LOSS_FIELDS)):
@@ -142,6 +150,7 @@ def bind_resources() -> dict:
         "store": ArtifactStore(root=artifacts),
         "task": TaskSettings(),
         "compute": ComputeSettings(),
+        "trainer": TrainerSettings(),
         "grpo_loss": GRPOLoss(),
         "generator": Generator(),
         "duckdb": DuckDBResource(database=str(home / "results.duckdb")),

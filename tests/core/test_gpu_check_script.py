@@ -26,6 +26,13 @@ def test_gpu_check_runs_without_polars_dagster_or_vllm(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {row[0].split(" [")[0] for row in rows}
-    assert {"1 device audit", "2 features", "3 batched vs loop", "5 sampler", "6 checkpoint"} <= checks
+    assert {
+        "1 device audit",
+        "2 features",
+        "3 batched vs loop",
+        "5 sampler",
+        "6 checkpoint",
+        "7 TRL GRPO step",
+    } <= checks
     assert ["1 device audit", "features, loss and sampler on the compute device", "ok"] in rows
     assert not [row for row in rows if "OOM" in row[2] or "stopped" in row[2]]

@@ -1,6 +1,5 @@
 import copy
 
-import polars as pl
 import pytest
 import torch
 
@@ -110,12 +109,3 @@ def test_beta_needs_reference_logprobs(model, tokenizer):
     batch = _batch(tokenizer, [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     with pytest.raises(ValueError, match="reference"):
         per_problem_loss(token_logprobs(model, batch), batch, GRPOConfig(beta=0.1).loss(32))
-
-
-def test_a_base_reference_without_the_base_model_is_refused():
-    """reference="base" never silently falls back to the stage's start."""
-    from learnalign_pipeline.core.task.config import TaskConfig
-    from learnalign_pipeline.core.training.trainer import train_grpo
-
-    with pytest.raises(ValueError, match="reference='base' needs the base policy"):
-        train_grpo(None, None, pl.DataFrame({"problem_id": ["a"]}), None, GRPOConfig(reference="base"), TaskConfig())

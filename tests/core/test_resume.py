@@ -1,28 +1,24 @@
-"""Resumable GRPO training: stopped after k steps and resumed, training ends with the same bytes as an
-uninterrupted run; the saved state holds no pickle and a tampered state is not used."""
+"""Resumable GRPO training on TRL checkpoints: stopped after k steps and resumed, training ends with the same bytes
+as an uninterrupted run; a checkpoint is used only when its seal matches (one killed mid-save, or changed since,
+is skipped); its files hold no whole-object pickle and resume reads them weights-only. A SIGKILLed stage resuming
+through Dagster: tests/integration/test_crash_and_concurrency.py."""
 
-import copy
-import json
+import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from learnalign_pipeline.core.compute import ComputeConfig
+from learnalign_pipeline.core.policy.model import save_policy
 from learnalign_pipeline.core.task.config import TaskConfig
-from learnalign_pipeline.core.training.config import GRPOConfig
-from learnalign_pipeline.core.training.resume import ResumeDirectory
-from learnalign_pipeline.core.training.trainer import train_grpo
+from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
+from learnalign_pipeline.core.training.trl_engine import SEAL, TRLRun, newest_sealed_checkpoint, train_run
 
-STOP_AT = 2
-CONFIG = GRPOConfig(
-    steps=4,
-    problems_per_step=3,
-    num_samples=4,
-    learning_rate=1e-2,  # large enough that every step moves the weights visibly
-    seed=3,
-    checkpoint_every=2,
-)
-TASK = TaskConfig(max_new_tokens=6)
+STOP_AT = 3  # stopped while logging step 3: checkpoint-2 is the newest sealed one
+GRPO = GRPOConfig(steps=4, problems_per_step=3, num_samples=4, learning_rate=1e-2, seed=3, checkpoint_every=2)
 
 
 class ParityReward:
@@ -39,97 +35,100 @@ class Stop(Exception):
     pass
 
 
-def _stop_after(k: int):
-    def log(record):
-        if record["step"] + 1 == k:
-            raise Stop  # as if the process died right after step k's state was saved
-
-    return log
-
-
-def _train(start, tokenizer, problems, **kwargs):
-    model = copy.deepcopy(start)
-    history = train_grpo(model, tokenizer, problems, ParityReward(), CONFIG, TASK, **kwargs)
-    return model, history
-
-
-def _same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-
-
-def _without_times(history):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
-
-
 @pytest.fixture(scope="module")
-def start(tokenizer):
+def inputs(tokenizer, problems, tmp_path_factory):
     from learnalign_pipeline.core.policy.model import TinyPolicyConfig, build_model
 
-    return build_model(
+    root = tmp_path_factory.mktemp("resume")
+    model = build_model(
         TinyPolicyConfig(vocab_size=320, hidden_size=128, intermediate_size=128, num_layers=2), tokenizer, seed=0
-    ).eval()
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(start, tokenizer, problems):
-    return _train(start, tokenizer, problems)
-
-
-@pytest.fixture(scope="module")
-def stopped(start, tokenizer, problems, tmp_path_factory):
-    """A resume directory left by a run that stopped after STOP_AT steps (checkpoint every 2)."""
-    resume = ResumeDirectory(tmp_path_factory.mktemp("stopped") / "resume")
-    with pytest.raises(Stop):
-        _train(start, tokenizer, problems, resume=resume, log=_stop_after(STOP_AT))
-    return resume.path
-
-
-def test_training_is_deterministic_on_cpu(start, tokenizer, problems, uninterrupted):
-    trained, history = uninterrupted
-    again, again_history = _train(start, tokenizer, problems)
-    assert _same_weights(again, trained) and _without_times(again_history) == _without_times(history)
-    assert not _same_weights(start, trained)  # it did train
-
-
-def test_stopped_run_left_one_verified_state_without_pickle(stopped):
-    assert [p.name for p in stopped.iterdir()] == [f"step_{STOP_AT:06d}"]  # only the newest state is kept
-    record = json.loads((stopped / f"step_{STOP_AT:06d}" / "state.json").read_text())
-    assert record["step"] == STOP_AT and [r["step"] for r in record["history"]] == list(range(STOP_AT))
-    assert {"optimizer.safetensors", "rng.safetensors", "model/model.safetensors", "model/config.json"} <= set(
-        record["files"]
     )
-    assert not [p for p in stopped.rglob("*") if p.suffix in {".pt", ".pkl", ".bin", ".pickle"}]
+    save_policy(model, tokenizer, root / "start")
+    problems.write_parquet(root / "problems.parquet")
+    return root
 
 
-def test_resumed_training_equals_uninterrupted(start, tokenizer, problems, uninterrupted, stopped, tmp_path):
-    resume = ResumeDirectory(shutil.copytree(stopped, tmp_path / "resume"))
-    trained, history = _train(start, tokenizer, problems, resume=resume)
-    assert resume.resumed_from_step == STOP_AT
-    expected, expected_history = uninterrupted
-    for (name, value), resumed in zip(expected.state_dict().items(), trained.state_dict().values()):
-        assert torch.equal(resumed, value), name  # bitwise
-    assert _without_times(history) == _without_times(expected_history)
+def _train(inputs: Path, name: str, stop_at: int | None = None, warnings=None) -> tuple[dict, Path, dict]:
+    run = TRLRun(
+        start=str(inputs / "start"),
+        problems=str(inputs / "problems.parquet"),
+        output=str(inputs / name / "out"),
+        state_dir=str(inputs / name / "state"),
+        grpo=dataclasses.asdict(GRPO),
+        task=dataclasses.asdict(TaskConfig(max_new_tokens=6)),
+    )
+
+    def report(record):
+        if stop_at is not None and record["step"] + 1 == stop_at:
+            raise Stop  # as if the process died right after logging this step
+
+    summary = train_run(
+        run,
+        TrainerConfig(),
+        ComputeConfig(device="cpu"),
+        report,
+        warn=[].append if warnings is None else warnings.append,
+        verifier=ParityReward(),
+    )
+    return summary, Path(run.state_dir), load_file(Path(run.output) / "model.safetensors")
 
 
-def test_tampered_state_is_skipped_and_training_starts_over(
-    start, tokenizer, problems, uninterrupted, stopped, tmp_path
-):
-    path = shutil.copytree(stopped, tmp_path / "resume")
-    rng = path / f"step_{STOP_AT:06d}" / "rng.safetensors"
-    data = bytearray(rng.read_bytes())
-    data[-1] ^= 0xFF
-    rng.write_bytes(bytes(data))
+@pytest.fixture(scope="module")
+def uninterrupted(inputs):
+    return _train(inputs, "uninterrupted")
+
+
+@pytest.fixture(scope="module")
+def stopped(inputs):
+    """The checkpoints left by a run that stopped at step STOP_AT (checkpoint every 2)."""
+    with pytest.raises(Stop):
+        _train(inputs, "stopped", stop_at=STOP_AT)
+    return inputs / "stopped" / "state"
+
+
+def test_training_is_deterministic_on_cpu(inputs, uninterrupted):
+    _, _, weights = uninterrupted
+    _, _, again = _train(inputs, "again")
+    start = load_file(inputs / "start" / "model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert any(not torch.equal(weights[k], start[k]) for k in weights)  # it did train
+
+
+def test_stopped_run_left_one_sealed_checkpoint_readable_weights_only(stopped):
+    from transformers.trainer_pt_utils import safe_globals
+
+    checkpoints = stopped / "0"  # the attempt's directory (TRLRun.attempt)
+    assert newest_sealed_checkpoint(stopped) == checkpoints / "checkpoint-2"
+    files = {p.name for p in (checkpoints / "checkpoint-2").iterdir()}
+    assert {SEAL, "model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"} <= files
+    assert "training_args.bin" not in files  # the one whole-object pickle HF writes (and never reads) is removed
+    with safe_globals():  # numpy arrays in the RNG state: the allowlist transformers itself uses
+        for path in (checkpoints / "checkpoint-2").glob("*.p*"):
+            assert torch.load(path, weights_only=True) is not None, path
+
+
+def test_resumed_training_equals_uninterrupted(inputs, uninterrupted, stopped):
+    shutil.copytree(stopped, inputs / "resumed" / "state")
+    summary, _, weights = _train(inputs, "resumed")
+    assert summary["resumed_from"] == "0/checkpoint-2"
+    _, _, expected = uninterrupted
+    for name, value in expected.items():
+        assert torch.equal(weights[name], value), name  # bitwise
+    assert summary["steps"] == GRPO.steps  # the log before the checkpoint came back with it
+
+
+@pytest.mark.parametrize("damage", ["changed", "unsealed"])
+def test_a_changed_or_unsealed_checkpoint_is_skipped_and_training_starts_over(inputs, uninterrupted, stopped, damage):
+    name = f"damaged_{damage}"
+    checkpoint = shutil.copytree(stopped, inputs / name / "state") / "0" / "checkpoint-2"
+    if damage == "changed":
+        data = bytearray((checkpoint / "rng_state.pth").read_bytes())
+        data[-30] ^= 0xFF
+        (checkpoint / "rng_state.pth").write_bytes(bytes(data))
+    else:
+        (checkpoint / SEAL).unlink()  # as if killed while the checkpoint was being written
     warnings = []
-    resume = ResumeDirectory(path, warn=warnings.append)
-    trained, _ = _train(start, tokenizer, problems, resume=resume)
-    assert resume.resumed_from_step == 0 and "rng.safetensors does not match" in warnings[0]
-    assert _same_weights(trained, uninterrupted[0])
-
-
-def test_a_state_that_cannot_be_written_does_not_stop_training(start, tokenizer, problems, uninterrupted, tmp_path):
-    (tmp_path / "blocked").write_text("a file where the resume directory's parent should be")
-    warnings = []
-    resume = ResumeDirectory(tmp_path / "blocked" / "resume", warn=warnings.append)
-    trained, _ = _train(start, tokenizer, problems, resume=resume)
-    assert len(warnings) == 1 and "could not save the training state after step 2" in warnings[0]
-    assert _same_weights(trained, uninterrupted[0])
+    summary, _, weights = _train(inputs, name, warnings=warnings)
+    assert summary["resumed_from"] is None and "skipping checkpoint" in warnings[0]
+    _, _, expected = uninterrupted
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)

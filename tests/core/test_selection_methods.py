@@ -15,9 +15,9 @@ from learnalign_pipeline.core.selection.methods import (
     method_scores,
     select,
     trajectory_matrix,
+    visit_trajectory,
 )
 from learnalign_pipeline.core.storage.hashing import problem_id
-from learnalign_pipeline.core.training.trainer import TrajectoryRecorder
 
 IDS = ["a", "b", "c", "d"]
 E1, E2 = [1.0, 0.0], [0.0, 1.0]
@@ -179,24 +179,22 @@ def test_noisy_pool_marks_the_exact_share_and_keeps_ids_content_hashes():
     assert mark_noisy(pool, 0.0).equals(pool)
 
 
-def test_trajectory_recorder_counts_visits_as_epochs_and_table_a_has_one_row_per_method():
-    recorder = TrajectoryRecorder()
+def test_visit_trajectory_counts_visits_as_epochs_and_table_a_has_one_row_per_method():
+    records: list[dict] = []
 
-    def rollouts(ids, r):
-        return pl.DataFrame(
-            {"problem_id": [i for i in ids for _ in range(2)], "reward": [x for x in r for _ in range(2)]}
-        )
+    def visit(step, ids, r):  # two rollouts per problem, as a GRPO step's reward records
+        records.extend({"step": step, "problem_id": i, "reward": x} for i, x in zip(ids, r) for _ in range(2))
+        return pl.DataFrame(records)
 
-    recorder(0, rollouts(["a", "b"], [0.0, 1.0]))
-    recorder(1, rollouts(["c", "a"], [1.0, 1.0]))
-    matrix = trajectory_matrix(recorder.frame(), ["a", "b", "c"])
+    visit(0, ["a", "b"], [0.0, 1.0])
+    matrix = trajectory_matrix(visit_trajectory(visit(1, ["c", "a"], [1.0, 1.0])), ["a", "b", "c"])
     assert matrix.shape == (3, 1) and matrix[:, 0].tolist() == [
         0.0,
         1.0,
         1.0,
     ]  # epoch 1 covers only a: partial, dropped
-    recorder(2, rollouts(["b", "c"], [0.0, 0.5]))
-    matrix = trajectory_matrix(recorder.frame(), ["a", "b", "c"])
+    frame = visit(2, ["b", "c"], [0.0, 0.5])
+    matrix = trajectory_matrix(visit_trajectory(frame), ["a", "b", "c"])
     assert matrix[:, 1].tolist() == [1.0, 0.0, 0.5]  # second visits form epoch 1 once it is complete
     results = pl.DataFrame(
         {

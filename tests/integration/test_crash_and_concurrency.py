@@ -1,6 +1,7 @@
 """Real processes against a real on-disk Dagster instance: two runs materializing the same assets (GRPO training
 included) at once both succeed and every artifact they recorded exists and verifies; a GRPO stage killed with
-SIGKILL mid-training resumes from its last training state and publishes the same bytes as an uninterrupted run."""
+SIGKILL mid-training takes its training process down with it, resumes from its last sealed checkpoint and publishes
+the same bytes as an uninterrupted run."""
 
 import copy
 import json
@@ -67,11 +68,11 @@ def _materialize(env: dict, config: dict, assets: list[str]) -> dict[str, dict]:
     return _records(done.stdout)
 
 
-def _pickled_files(root: Path) -> list[Path]:
+def _pickled_files(root: Path, skip: Path | None = None) -> list[Path]:
     """Files that are, or could be, pickles: by suffix, by pickle/torch-zip magic bytes, or a `.safetensors`
-    that safetensors' own parser refuses."""
+    that safetensors' own parser refuses (outside `skip`)."""
     found = []
-    for path in (p for p in root.rglob("*") if p.is_file()):
+    for path in (p for p in root.rglob("*") if p.is_file() and not (skip and p.is_relative_to(skip))):
         head = path.read_bytes()[:4]
         if path.suffix == ".safetensors":
             try:
@@ -134,7 +135,7 @@ def test_two_runs_materializing_the_same_assets_at_once_both_succeed(two_concurr
     assert not [p for p in (home / "artifacts").rglob("*") if p.name.endswith(".tmp")]
     scratch = home / "artifacts" / ".staging"
     assert not scratch.exists() or not any(scratch.iterdir())
-    assert not any((home / "artifacts" / ".resume").rglob("step_*"))  # finished stages remove their training states
+    assert not any((home / "artifacts" / ".resume").rglob("checkpoint-*"))  # finished stages remove their checkpoints
 
 
 def test_sigkilled_training_resumes_from_its_last_state_and_ends_bitwise_equal(two_concurrent_runs):
@@ -145,30 +146,49 @@ def test_sigkilled_training_resumes_from_its_last_state_and_ends_bitwise_equal(t
     assert any(not torch.equal(start_weights[k], trained_weights[k]) for k in start_weights)  # training changed them
     states = home / "artifacts" / ".resume" / "warmup_policy"
 
-    # The same stage again (its upstream is materialized); kill -9 once its first training state exists.
+    # The same stage again (its upstream is materialized); kill -9 once its first checkpoint is sealed.
     killed = subprocess.Popen(
         _command(CONFIG, ["warmup_policy"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 300
-    while not any(states.glob("*/step_*")):
-        assert killed.poll() is None, "the run ended before it saved a training state"
-        assert time.monotonic() < deadline, "no training state appeared"
+    deadline = time.monotonic() + 400
+    while not any(states.glob("*/*/checkpoint-*/complete.json")):
+        assert killed.poll() is None, "the run ended before it sealed a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate()
     assert killed.returncode == -signal.SIGKILL
-    saved = sorted(int(p.name.removeprefix("step_")) for p in states.glob("*/step_*"))
+    time.sleep(2)
+    assert not _training_processes(home), "a training process outlived its killed step"
+    saved = sorted(
+        int(p.parent.name.removeprefix("checkpoint-")) for p in states.glob("*/*/checkpoint-*/complete.json")
+    )
     assert saved and saved[-1] in (3, 6)
-    # Weights, optimizer and RNG states are safetensors, the rest JSON/Parquet: nothing here is a pickle.
-    assert any(states.rglob("optimizer.safetensors")) and not _pickled_files(home / "artifacts")
+    # The published artifacts hold no pickle; the checkpoints' torch files hold only tensors and plain values,
+    # which resume reads weights-only (the one whole-object pickle HF writes, training_args.bin, is removed).
+    assert not _pickled_files(home / "artifacts", skip=states)
+    assert not any(states.rglob("training_args.bin"))
     with _instance(home) as instance:
         assert (
             len(instance.fetch_materializations(dg.AssetKey("warmup_policy"), limit=10).records) == 2
         )  # the killed run recorded none
 
     resumed = _materialize(env, CONFIG, ["warmup_policy"])["warmup_policy"]
-    assert resumed["resumed_from_step"] == saved[-1]
+    assert resumed["resumed_from"].endswith(f"/checkpoint-{saved[-1]}")
     assert resumed["sha256"] == uninterrupted["sha256"] and resumed["path"] == uninterrupted["path"]  # bitwise equal
     assert read_artifact(Path(resumed["path"]), resumed["sha256"]) is not None
-    assert not any(states.rglob("step_*"))
+    assert not any(states.rglob("checkpoint-*"))
     assert not _pickled_files(home / "artifacts")
+
+
+def _training_processes(home: Path) -> list[str]:
+    """Command lines of live training processes launched for this test's instance."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "trl_launch" in command and str(home) in command:
+            found.append(command)
+    return found

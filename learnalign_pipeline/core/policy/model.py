@@ -182,20 +182,24 @@ def checkpoint_dtype(path: str | Path) -> torch.dtype:
     return DTYPES.get(config.get("dtype") or config.get("torch_dtype") or "float32", torch.float32)
 
 
-def save_policy(model, tokenizer, path: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_policy(
+    model, tokenizer, path: str | Path, dtype: torch.dtype | None = None, state: dict | None = None
+) -> None:
     """`save_pretrained` of model and tokenizer, weights in `dtype` (default: as held). The live model is not
-    touched: a float32 master model saved in bfloat16 keeps its float32 weights."""
+    touched: a float32 master model saved in bfloat16 keeps its float32 weights. `state` replaces the model's own
+    state dict (e.g. weights gathered from every rank of a sharded training run)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if dtype is None or dtype == next(model.parameters()).dtype:
-        model.save_pretrained(path, safe_serialization=True)
+    held = next(iter(state.values())).dtype if state is not None else next(model.parameters()).dtype
+    if dtype is None or dtype == held:
+        model.save_pretrained(path, state_dict=state, safe_serialization=True)
     else:
-        state, seen = {}, set()
-        for name, tensor in model.state_dict().items():
+        kept, seen = {}, set()
+        for name, tensor in (model.state_dict() if state is None else state).items():
             if tensor.data_ptr() not in seen:  # a tied head shares the embedding: stored once, as HF does
                 seen.add(tensor.data_ptr())
-                state[name] = tensor.detach().to(device="cpu", dtype=dtype)
-        model.save_pretrained(path, state_dict=state, safe_serialization=True)
+                kept[name] = tensor.detach().to(device="cpu", dtype=dtype)
+        model.save_pretrained(path, state_dict=kept, safe_serialization=True)
         # save_pretrained records the live model's dtype; config.json must say what the files hold
         config = json.loads((path / "config.json").read_text())
         config["dtype"] = str(dtype).removeprefix("torch.")

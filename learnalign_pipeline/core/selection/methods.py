@@ -149,6 +149,17 @@ def accuracy_band(signals: SelectionSignals, low: float = 0.2, high: float = 0.8
     return torch.where(inside, draw, draw - 2.0)
 
 
+def visit_trajectory(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """Per (problem, epoch): the accuracy of its rollouts at its epoch-th visit in a GRPO run, from the run's rollout
+    records (step, problem_id, reward). Training walks seeded permutations of the data, so a problem's k-th visit
+    falls in the k-th epoch."""
+    per_visit = rollouts.group_by("step", "problem_id").agg(pl.col("reward").mean().alias("accuracy"))
+    per_visit = per_visit.sort("step", "problem_id").with_columns(
+        pl.int_range(pl.len()).over("problem_id").cast(pl.Int32).alias("epoch")
+    )
+    return per_visit.select("problem_id", "epoch", pl.col("step").cast(pl.Int32), pl.col("accuracy").cast(pl.Float64))
+
+
 def trajectory_matrix(trajectory: pl.DataFrame, problem_ids: list[str]) -> torch.Tensor:
     """[n, E] accuracy per (problem, epoch) in `problem_ids` order; NaN where a problem was not seen that epoch.
 

@@ -1,2 +1,2 @@
-"""Training: the GRPO loss (the one the gradient features differentiate), its settings object, the GRPO loop,
-supervised pre-training and resumable training states."""
+"""Training: the GRPO loss (the one the gradient features differentiate), its settings objects, GRPO through TRL
+(the launched script and the engine that binds TRL to our loss) and supervised pre-training."""

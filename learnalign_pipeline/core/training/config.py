@@ -22,7 +22,8 @@ Reference = Literal["stage_start", "base"]
 @dataclass(frozen=True)
 class GRPOConfig:
     """On-policy GRPO: each step samples `num_samples` completions for `problems_per_step` problems from the live
-    policy, rewards them with the task's verifier and takes one AdamW step on the mean per-problem loss.
+    policy, rewards them with the task's verifier and takes one AdamW step on the mean per-problem loss. TRL's
+    GRPOTrainer runs it (core/training/trl_engine.py maps these settings to TRL's and refuses what TRL cannot do).
 
     > Policy and reference
         reference
@@ -70,7 +71,9 @@ class GRPOConfig:
         "from it and ends bitwise equal to an uninterrupted one; 0 disables it. Does not change the result.",
     )
     on_nonfinite: Literal["fail", "exclude"] = setting(
-        "fail", "NaN/inf problem losses: fail naming them, or leave them out of the step and count them"
+        "fail",
+        "a step whose loss or gradient is NaN/inf: fail naming the step and its problems, or skip its update and "
+        "count its problems (TRL's batched loss cannot leave out single problems)",
     )
 
     def __post_init__(self) -> None:
@@ -93,6 +96,69 @@ class GRPOConfig:
         return SamplingSpec(
             num_samples=self.num_samples, temperature=self.temperature, top_p=1.0, max_new_tokens=max_new_tokens
         )
+
+
+Distributed = Literal["ddp", "fsdp", "zero3"]
+RolloutEngine = Literal["seeded", "vllm"]
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How GRPO runs: TRL's `GRPOTrainer` (core/training/trl_engine.py), in `processes` processes started by
+    `accelerate launch` through Dagster Pipes. Device and precision come from the `compute` setting
+    (core/compute.py): float32 on CPU, bfloat16 autocast over float32 master weights on CUDA.
+
+    > Processes and memory
+        processes, micro_batch_rows, gradient_checkpointing, distributed
+    > Rollouts during training
+        rollouts, vllm_memory_utilization
+    """
+
+    processes: int = setting(1, "training processes: one per GPU (on CPU, gloo processes; used by the tests)")
+    micro_batch_rows: int = setting(
+        0,
+        "rollout rows per forward/backward pass in each process (the memory bound); the step's problems_per_step x "
+        "num_samples rows must split into processes x micro-batches, the rest is gradient accumulation; 0 = one "
+        "micro-batch per process",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass: much less activation memory for ~30% more compute"
+    )
+    distributed: Distributed = setting(
+        "ddp",
+        "ddp: every process holds the whole model; fsdp: parameters, gradients and optimizer state sharded, "
+        "checkpoints gathered to full state (resumed with weights-only loading); zero3: DeepSpeed ZeRO-3 (needs the "
+        "deepspeed package; its resume is untested here)",
+    )
+    rollouts: RolloutEngine = setting(
+        "seeded",
+        "seeded: the project's seeded transformers sampler (a sample depends only on weights, problem, step and "
+        "index, so runs are deterministic and equal for any process count); vllm: vLLM colocated in every training "
+        "process (TRL's vllm_mode='colocate', GPUs only)",
+    )
+    vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
+
+    def __post_init__(self) -> None:
+        require(self.processes >= 1, "processes", "must be >= 1")
+        require(self.micro_batch_rows >= 0, "micro_batch_rows", "must be >= 0 (0 = one micro-batch per process)")
+        require(0 < self.vllm_memory_utilization < 1, "vllm_memory_utilization", "must be in (0, 1)")
+
+    def micro_batches(self, rows_per_step: int) -> tuple[int, int]:
+        """(rows per micro-batch, micro-batches accumulated per step) for a step of `rows_per_step` rows."""
+        per_process, remainder = divmod(rows_per_step, self.processes)
+        require(
+            remainder == 0,
+            "processes",
+            f"a step's {rows_per_step} rollout rows (problems_per_step x num_samples) do not split evenly over "
+            f"{self.processes} processes: change problems_per_step or processes",
+        )
+        rows = self.micro_batch_rows or per_process
+        require(
+            per_process % rows == 0,
+            "micro_batch_rows",
+            f"each process trains {per_process} rows per step, not a multiple of micro_batch_rows={rows}",
+        )
+        return rows, per_process // rows
 
 
 @dataclass(frozen=True)

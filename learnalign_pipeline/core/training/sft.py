@@ -8,8 +8,8 @@ import torch
 
 from ..policy.model import TinyPolicyConfig, build_model, train_tokenizer
 from ..task.prompts import PromptFormat, render
+from .batches import epoch_batches
 from .config import PretrainConfig
-from .trainer import epoch_batches
 
 
 def target_batch(

@@ -4,6 +4,7 @@ same number of GRPO steps from the warm-up policy and evaluated on the benchmark
 
 import base64
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ...core.policy.model import load_policy
 from ...core.selection.methods import METHODS, select, trajectory_matrix
 from ...core.storage.artifacts import Checkpoint, TensorBundle, content_digest
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
-from ...lib.resources import GRPOLoss, TaskSettings
+from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import MANUAL, gpu_step
 from ...lib.training import grpo_settings, grpo_stage_config, train_from
 from ...paths import project_home
@@ -125,12 +126,15 @@ def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, veri
     return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_problems": result.num_problems}
 
 
-@dg.asset(group_name=GROUP, code_version="2", **gpu_step("transformers", "duckdb", manual=True))
+@dg.asset(group_name=GROUP, code_version="3", **gpu_step("transformers", "duckdb", manual=True))
 def comparison_results(
     context: dg.AssetExecutionContext,
     config: ComparisonConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    trainer: TrainerSettings,
+    compute: ComputeSettings,
+    store: ArtifactStore,
     duckdb: DuckDBResource,
     comparison_subsets: pl.DataFrame,
     raw_problems: pl.DataFrame,
@@ -146,44 +150,58 @@ def comparison_results(
         config.eval_problems
     )
     verifier = task.make_verifier()
-    rows, trained_full, train_seconds, started_all = [], {}, 0.0, time.perf_counter()
+    started_all = time.perf_counter()
+    plans = []  # (method, budget, seed, subset, problems); full data ignores the budget: trained once per seed
     for method in config.methods:
         chosen = comparison_subsets.filter(pl.col("method") == method)
         if chosen.height == 0:
             raise ValueError(f"comparison_subsets has no selection for {method!r}; add it to its methods")
-        for budget in sorted(chosen["budget"].unique()):
+        budgets = sorted(chosen["budget"].unique())
+        for budget in budgets[:1] if method == "full_data" else budgets:
             for seed in sorted(chosen["seed"].unique()):
                 subset = chosen.filter((pl.col("budget") == budget) & (pl.col("seed") == seed)).sort("rank")
-                key = (
-                    (method, seed) if method == "full_data" else None
-                )  # full data ignores the budget: train once per seed
-                if key in trained_full:
-                    rows.append({**trained_full[key], "budget": int(budget)})
-                    continue
                 problems = subset.select("problem_id").join(
                     raw_problems, on="problem_id", how="left", maintain_order="left"
                 )
-                started = time.perf_counter()
-                grpo = grpo_settings(config, grpo_loss, seed=int(seed))
-                model, tokenizer, history = train_from(warmup_policy, pretrained_policy, grpo, problems, task)
-                seconds = time.perf_counter() - started
-                row = {
-                    "method": method,
-                    "budget": int(budget),
-                    "seed": int(seed),
-                    "subset_size": problems.height,
-                    "noisy_share": float(subset["noisy"].mean()),
-                    "steps": len(history),
-                    "final_reward": history[-1]["reward_mean"],
-                    **_evaluate(model, tokenizer, evaluation, task, verifier, method),
-                }
-                train_seconds += seconds
-                context.log.info(
-                    f"{method} N={budget} seed={seed}: accuracy {row['accuracy']:.4f} ({seconds:.0f} s training)"
-                )
-                rows.append(row)
-                if key is not None:
-                    trained_full[key] = row
+                plans.append((method, int(budget), int(seed), subset, problems))
+    trained = train_from(
+        context,
+        warmup_policy,
+        pretrained_policy,
+        [(problems, grpo_settings(config, grpo_loss, seed=seed)) for _, _, seed, _, problems in plans],
+        task,
+        grpo_loss,
+        trainer,
+        compute,
+        store,
+    )
+    by_run, train_seconds = {}, 0.0
+    for (method, budget, seed, subset, problems), run in zip(plans, trained, strict=True):
+        model, tokenizer = load_policy(run.staging)
+        by_run[method, budget, seed] = {
+            "method": method,
+            "budget": budget,
+            "seed": seed,
+            "subset_size": problems.height,
+            "noisy_share": float(subset["noisy"].mean()),
+            "steps": len(run.history),
+            "final_reward": run.history[-1]["reward_mean"],
+            **_evaluate(model, tokenizer, evaluation, task, verifier, method),
+        }
+        shutil.rmtree(run.staging, ignore_errors=True)  # evaluated; only its accuracy is kept
+        train_seconds += run.train_seconds
+        accuracy = by_run[method, budget, seed]["accuracy"]
+        context.log.info(
+            f"{method} N={budget} seed={seed}: accuracy {accuracy:.4f} ({run.train_seconds:.0f} s training)"
+        )
+    rows = []
+    for method in config.methods:
+        chosen = comparison_subsets.filter(pl.col("method") == method)
+        budgets = sorted(chosen["budget"].unique())
+        for budget in budgets:
+            for seed in sorted(chosen["seed"].unique()):
+                trained_budget = budgets[0] if method == "full_data" else budget
+                rows.append({**by_run[method, int(trained_budget), int(seed)], "budget": int(budget)})
     for name, checkpoint in [
         ("warmup (no selection, start of every run)", warmup_policy),
         ("full data, LIMR reference run", full_data_policy),

@@ -11,7 +11,6 @@
 
 import json
 import math
-import time
 
 import dagster as dg
 import polars as pl
@@ -19,22 +18,22 @@ import torch
 from pydantic import Field
 
 from ...core.policy.generation import SamplingSpec, TransformersBackend
-from ...core.policy.model import checkpoint_dtype, load_policy
+from ...core.policy.model import load_policy
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
 from ...core.selection.config import FeatureConfig
 from ...core.selection.features import features_for_rates
+from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
 from ...core.selection.scoring import unit_rows
 from ...core.storage.artifacts import Checkpoint, TensorBundle
-from ...core.training.trainer import TrajectoryRecorder
 from ...lib.outputs import versioned
-from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
+from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import MANUAL, gpu_asset, gpu_op, gpu_step
 from ...lib.training import (
+    finish_checkpoint,
     grpo_settings,
     grpo_stage_config,
-    publish_checkpoint,
     reference_checkpoint,
     reference_model,
     train_from,
@@ -235,12 +234,12 @@ class FullDataConfig(grpo_stage_config(problems_per_step=128, num_samples=4)):
     group_name=GROUP,
     outs={
         "full_data_policy": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="GRPO on the full pool for `epochs` epochs.",
             **gpu_asset("transformers", manual=True),
         ),
         "limr_trajectories": dg.AssetOut(
-            code_version="2",
+            code_version="3",
             description="Per (problem, epoch): accuracy of its rollouts in that epoch's visit.",
             kinds={"polars"},
             tags=MANUAL,
@@ -253,32 +252,29 @@ def full_data_run(
     config: FullDataConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    trainer: TrainerSettings,
+    compute: ComputeSettings,
     store: ArtifactStore,
     raw_problems: pl.DataFrame,
     warmup_policy: Checkpoint,
     pretrained_policy: Checkpoint,
 ):
     steps = math.ceil(config.epochs * raw_problems.height / config.problems_per_step)
-    recorder = TrajectoryRecorder()
-    started = time.perf_counter()
     grpo = grpo_settings(config, grpo_loss, steps=steps)
-    model, tokenizer, history = train_from(
-        warmup_policy, pretrained_policy, grpo, raw_problems, task, log=context.log.debug, on_rollouts=recorder
-    )
-    seconds = round(time.perf_counter() - started, 1)
-    yield publish_checkpoint(
-        store,
-        model,
-        tokenizer,
-        history,
+    [run] = train_from(
+        context, warmup_policy, pretrained_policy, [(raw_problems, grpo)], task, grpo_loss, trainer, compute, store,
+        record_rollouts=True,
+    )  # fmt: skip
+    yield finish_checkpoint(
+        run.staging,
+        run.history,
         {**config.model_dump(), "steps": steps, "loss": grpo_loss.model_dump(), "start": warmup_policy.path.name},
         output_name="full_data_policy",
-        dtype=checkpoint_dtype(warmup_policy.path),
         problems=raw_problems.height,
         epochs=config.epochs,
-        train_seconds=seconds,
+        train_seconds=run.train_seconds,
     )
-    trajectory = recorder.frame()
+    trajectory = visit_trajectory(run.rollouts)
     per_epoch = trajectory.group_by("epoch").agg(pl.col("accuracy").mean(), pl.len().alias("problems")).sort("epoch")
     yield versioned(
         trajectory,

@@ -11,7 +11,7 @@ from ...core.selection.curriculum import CurriculumConfig, curriculum_chunk, sco
 from ...core.storage.artifacts import Checkpoint, TensorBundle
 from ...lib.config import config_view, settings
 from ...lib.outputs import markdown_table, versioned
-from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
+from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import gpu_step
 from ...lib.training import grpo_stage, grpo_stage_config, reference_checkpoint, reference_model
 from ..comparison.signals import pool_feature_config
@@ -88,7 +88,7 @@ def _round_assets(r: int) -> list:
     @dg.asset(
         name=policy_name,
         group_name=GROUP,
-        code_version="2",
+        code_version="3",
         ins={"start": dg.AssetIn(previous), "round_selection": dg.AssetIn(selection_name)},
         description=f"Round {r}: {previous} after T GRPO steps on {selection_name}.",
         **gpu_step("transformers", manual=True),
@@ -98,6 +98,8 @@ def _round_assets(r: int) -> list:
         config: CurriculumTrainConfig,
         task: TaskSettings,
         grpo_loss: GRPOLoss,
+        trainer: TrainerSettings,
+        compute: ComputeSettings,
         store: ArtifactStore,
         raw_problems: pl.DataFrame,
         start: Checkpoint,
@@ -111,6 +113,8 @@ def _round_assets(r: int) -> list:
             config,
             task,
             grpo_loss,
+            trainer,
+            compute,
             store,
             start,
             pretrained_policy,

@@ -15,7 +15,7 @@ from ...core.storage.artifacts import Checkpoint
 from ...core.training.sft import pretrain_tiny_policy
 from ...lib.outputs import versioned
 from ...lib.progress import step_progress
-from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
+from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import gpu_step
 from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
 
@@ -71,12 +71,14 @@ class WarmupConfig(grpo_stage_config(steps=4, problems_per_step=16)):
     subset_size: int = Field(default=64, description="random pool problems the warm-up trains on")
 
 
-@dg.asset(group_name="policy", code_version="4", **gpu_step("transformers"))
+@dg.asset(group_name="policy", code_version="5", **gpu_step("transformers"))
 def warmup_policy(
     context: dg.AssetExecutionContext,
     config: WarmupConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    trainer: TrainerSettings,
+    compute: ComputeSettings,
     store: ArtifactStore,
     raw_problems: pl.DataFrame,
     pretrained_policy: Checkpoint,
@@ -88,6 +90,8 @@ def warmup_policy(
         config,
         task,
         grpo_loss,
+        trainer,
+        compute,
         store,
         pretrained_policy,
         pretrained_policy,
@@ -100,12 +104,14 @@ class TrainingConfig(grpo_stage_config()):
     """GRPO on the selected subset: 60 steps x 32 problems x 8 samples (7.5 epochs of a 256-problem subset)."""
 
 
-@dg.asset(group_name="training", code_version="4", **gpu_step("transformers"))
+@dg.asset(group_name="training", code_version="5", **gpu_step("transformers"))
 def trained_policy(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    trainer: TrainerSettings,
+    compute: ComputeSettings,
     store: ArtifactStore,
     selected_subset: pl.DataFrame,
     warmup_policy: Checkpoint,
@@ -113,4 +119,6 @@ def trained_policy(
 ) -> dg.Output[Checkpoint]:
     """The RL-trained checkpoint (`save_pretrained` directory with tokenizer and training log). The pre-trained
     policy is an input because it is the KL reference when `grpo_loss.reference` is "base"."""
-    return grpo_stage(context, config, task, grpo_loss, store, warmup_policy, pretrained_policy, selected_subset)
+    return grpo_stage(
+        context, config, task, grpo_loss, trainer, compute, store, warmup_policy, pretrained_policy, selected_subset
+    )
