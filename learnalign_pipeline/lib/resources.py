@@ -9,7 +9,6 @@ database and the watched dataset files.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -28,6 +27,7 @@ from ..core.training.grpo import GRPOLossConfig
 from ..paths import project_home
 from .config import config_view, settings
 from .io_managers import STEP_IO_MANAGER, ArtifactIOManager, JsonStepIOManager
+from .runs import staging_name
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -36,7 +36,8 @@ class ArtifactStore(dg.ConfigurableResource):
     root: str
 
     def staging_dir(self) -> Path:
-        path = Path(self.root) / ".staging" / uuid.uuid4().hex
+        """A fresh directory named after this process (`lib/runs.py` removes it if the process dies)."""
+        path = Path(self.root) / ".staging" / staging_name()
         path.mkdir(parents=True)
         return path
 
