@@ -56,15 +56,21 @@ def run_job(name: str, run_config: dict | None = None, assets: list[str] | None 
     start and end. Runs left behind by killed processes are recovered first, so none of them holds a pool slot."""
     import dagster as dg
 
-    from .definitions import reconstructable_job
+    from .definitions import job_named, reconstructable_job
+    from .lib.config import SettingsError, check_run_config
     from .lib.console import QUIET_LOGGERS, followed_run
     from .lib.runs import owner_tags, recover_dead_runs, sweep_leftovers
 
+    config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
+    try:  # before any step runs: Dagster itself would build a stage's config only when that stage starts
+        check_run_config(job_named(name), config)
+    except SettingsError as error:
+        print(f"{name} not started: {error}", file=sys.stderr)
+        return False
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance, followed_run(project_home() / "logs") as (tags, follower):
         recover_dead_runs(instance)
         sweep_leftovers(instance, project_home() / "artifacts")
-        config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
         result = dg.execute_job(
             reconstructable_job(name),
             instance=instance,

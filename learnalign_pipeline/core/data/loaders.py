@@ -20,7 +20,7 @@ from typing import Literal
 import fsspec
 import polars as pl
 
-from ..settings import setting
+from ..settings import require, setting
 from ..storage.hashing import problem_id
 from ..task.verify import last_boxed, parse_number
 from .schema import PROBLEM_SCHEMA
@@ -59,6 +59,12 @@ class SourceConfig:
     category_column: str | None = setting(None, "generic format: optional category column")
     numeric_gold: bool = setting(False, "generic format: reject gold answers that are not numbers")
     max_row_chars: int = setting(20_000, "rows longer than this are rejected as oversized; they are not problems")
+
+    def __post_init__(self) -> None:
+        require(self.max_row_chars >= 1, "max_row_chars", f"must be >= 1 (got {self.max_row_chars})")
+        if self.format == "generic":
+            require(bool(self.prompt_column), "prompt_column", "the generic format needs the question's column")
+            require(bool(self.answer_column), "answer_column", "the generic format needs the gold answer's column")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from ..settings import setting
+from ..settings import require, setting
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 
@@ -32,6 +32,13 @@ class TinyPolicyConfig:
     num_heads: int = setting(2, "attention heads; head_dim 64 is a size vLLM's attention kernels support")
     num_kv_heads: int = setting(1, "key/value heads (grouped-query attention)")
     max_positions: int = setting(256, "context length")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        require(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")
+        require(self.num_heads % self.num_kv_heads == 0, "num_heads", "must be a multiple of num_kv_heads")
+        require(self.max_positions >= 8, "max_positions", "must be >= 8")
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -34,7 +34,7 @@ class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
         description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`",
     )
     max_rejected_share: float = Field(
-        default=0.05, description="the blocking check fails above this share of rows rejected"
+        default=0.05, ge=0, le=1, description="the blocking check fails above this share of rows rejected"
     )
 
     def file_path(self, split: str, datasets: DatasetFiles) -> str:
@@ -52,17 +52,19 @@ class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
 class BenchmarkConfig(ProblemSourceConfig):
     """The held-out test split."""
 
-    num_problems: int = Field(default=1000, description="arithmetic source: problems generated for the benchmark split")
+    num_problems: int = Field(
+        default=1000, ge=1, description="arithmetic source: problems generated for the benchmark split"
+    )
     seed: int = Field(default=2, description="arithmetic source: generator seed of the benchmark split")
 
 
 class PoolConfig(ProblemSourceConfig):
     """The candidate pool; problems that also occur in the benchmark are collapsed as duplicates."""
 
-    num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
+    num_problems: int = Field(default=1024, ge=1, description="arithmetic source: problems generated for the pool")
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
     noisy_share: float = Field(
-        default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)"
+        default=0.0, ge=0, le=1, description="share of pool problems given a wrong gold answer (unreliable rewards)"
     )
     noise_kind: NoiseKind = Field(
         default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold"
