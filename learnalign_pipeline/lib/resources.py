@@ -48,8 +48,9 @@ class RowCacheResource(dg.ConfigurableResource):
 
     root: str
 
-    def cache(self) -> RowCache:
-        return RowCache(self.root)
+    def cache(self, warn=None) -> RowCache:
+        """The cache; `warn` receives a line for every file that fails verification (e.g. `context.log.warning`)."""
+        return RowCache(self.root, warn=warn)
 
 
 class TaskSettings(config_view(TaskConfig, base=dg.ConfigurableResource)):

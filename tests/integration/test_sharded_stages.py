@@ -207,6 +207,28 @@ def test_sigkill_mid_gradient_shards_then_rerun_reuses_published_batches(home, r
     assert data_versions(instance) == reference
 
 
+def test_tampered_and_truncated_row_cache_files_are_named_and_computed_again(home, reference):
+    cache = home / "cache_tampered"
+    shutil.copytree(home / "cache_reference", cache)
+    rows = sorted(cache.glob("rollouts/*/rows-*.parquet"))
+    tampered, truncated = rows[0], rows[-1]
+    # every reward rewritten to 1.0 (a valid file: it used to be reused, raising the mean success rate), and a file
+    # cut in half (it used to fail every shard with a Parquet error naming no file)
+    pl.read_parquet(tampered).with_columns(pl.lit(1.0, pl.Float32).alias("reward")).write_parquet(tampered)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    batch = sorted(cache.glob("gradient_features/*/batch-*.safetensors"))[0]
+    batch.write_bytes(batch.read_bytes()[:-8] + b"\x00" * 8)
+    lost = pl.concat([pl.read_parquet(p) for p in rows if p not in (tampered, truncated)])["problem_id"].n_unique()
+
+    instance = run_stages(home, stage_config(cache))
+    assert data_versions(instance) == reference  # the rows were generated again, not read from the bad files
+    rollouts, grads = latest_metadata(instance, "rollouts"), latest_metadata(instance, "projected_gradients")
+    assert sorted(rollouts["row_cache_files_dropped"]) == sorted([tampered.name, truncated.name])
+    assert rollouts["generated_problems"] == pool_size(instance) - lost
+    assert grads["row_cache_files_dropped"] == [batch.name] and grads["computed_batches"] >= 1
+    assert tampered.with_name(tampered.name + ".corrupt").exists()
+
+
 DASK_SCRIPT = """
 import json, sys
 import dagster as dg
