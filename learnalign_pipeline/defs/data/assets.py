@@ -2,8 +2,12 @@
 
 Each comes from the embedded arithmetic generator or a user's file (JSONL, Parquet, CSV or an HF `save_to_disk`
 directory; see `core.loaders`). By default (`source="datasets"`) the file is the one the `datasets` resource names
-and the observable sources in `sources.py` watch, so an edit to it re-runs these assets by automation. Rows a file load rejects go to `rejected_problems` with their
-location and reason; `checks.py` fails the run when too many were rejected.
+and the observable sources in `sources.py` watch, so an edit to it re-runs these assets by automation. Rows a file
+load rejects go to `rejected_problems` with their location and reason.
+
+A load that rejects more than `max_rejected_share` of its rows, or accepts none, is refused: the rejected rows are
+still published (they say what is wrong), the problem table is not, and the step fails with the counts. The last
+good table therefore stays the one downstream assets read; a bad file never becomes "latest".
 """
 
 import dataclasses
@@ -34,7 +38,7 @@ class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
         description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`",
     )
     max_rejected_share: float = Field(
-        default=0.05, ge=0, le=1, description="the blocking check fails above this share of rows rejected"
+        default=0.05, ge=0, le=1, description="the load is refused above this share of rows rejected"
     )
 
     def file_path(self, split: str, datasets: DatasetFiles) -> str:
@@ -87,6 +91,25 @@ def _summary(result: LoadResult) -> str:
     return f"{r.accepted} problems ({r.rows_read} read, {r.rejected} rejected, {r.duplicates_collapsed} duplicates)"
 
 
+def _refusal(result: LoadResult, config: ProblemSourceConfig, path: str, asset: str, rejected_asset: str) -> str | None:
+    """Why this load must not become `asset`'s latest table, or None."""
+    r = result.report
+    share = r.rejected / r.rows_read if r.rows_read else 0.0
+    source = path or "the arithmetic generator"
+    if r.accepted == 0:
+        return (
+            f"{source}: no problem accepted ({r.rows_read} rows read, {r.rejected} rejected, {r.duplicates_collapsed} "
+            f"duplicates); {asset} keeps its last good version. See {rejected_asset} for each row's location and reason"
+        )
+    if share > config.max_rejected_share:
+        return (
+            f"{source}: {r.rejected} of {r.rows_read} rows rejected ({share:.2%}), above max_rejected_share "
+            f"{config.max_rejected_share:.2%}; {asset} keeps its last good version. See {rejected_asset} for each "
+            "row's location and reason, fix the file or raise max_rejected_share"
+        )
+    return None
+
+
 def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -> dict:
     report = result.report
     rejected_share = report.rejected / report.rows_read if report.rows_read else 0.0
@@ -124,20 +147,23 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -
 def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig, datasets: DatasetFiles):
     path = config.file_path("test", datasets)
     result = _load(config, datasets, "test", frozenset())
-    if "benchmark_problems" in context.selected_output_names:
-        yield versioned(
-            result.problems,
-            output_name="benchmark_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
     if "benchmark_rejected_problems" in context.selected_output_names:
         yield versioned(
             result.rejected,
             output_name="benchmark_rejected_problems",
             summary=f"{result.rejected.height} rows",
             num_rows=result.rejected.height,
+        )
+    if "benchmark_problems" in context.selected_output_names:
+        refusal = _refusal(result, config, path, "benchmark_problems", "benchmark_rejected_problems")
+        if refusal:
+            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
+        yield versioned(
+            result.problems,
+            output_name="benchmark_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
         )
 
 
@@ -177,14 +203,6 @@ def raw_problems(
             result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed)
         )
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
-    if "raw_problems" in context.selected_output_names:
-        yield versioned(
-            result.problems,
-            output_name="raw_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
     if "rejected_problems" in context.selected_output_names:
         yield versioned(
             rejected,
@@ -194,4 +212,15 @@ def raw_problems(
             preview=dg.MetadataValue.md(
                 markdown_table(rejected.select("split", "location", "kind", "reason"), max_rows=10)
             ),
+        )
+    if "raw_problems" in context.selected_output_names:
+        refusal = _refusal(result, config, path, "raw_problems", "rejected_problems")
+        if refusal:
+            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
+        yield versioned(
+            result.problems,
+            output_name="raw_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
         )
