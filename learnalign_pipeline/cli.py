@@ -29,6 +29,9 @@ telemetry:
 concurrency:
   pools:
     default_limit: 1  # accelerator steps (pool "gpu") run one at a time: one GPU on this machine
+run_monitoring:  # with the daemon (`learnalign dev`): give back the pool slots of runs that ended, e.g. terminated
+  enabled: true
+  free_slots_after_run_end_seconds: 60
 """
 
 # On a small machine the per-step process start (importing torch and transformers, ~8 s) would cost more than
@@ -48,17 +51,35 @@ def prepare_environment() -> Path:
     return home
 
 
-def run_job(name: str, run_config: dict | None = None) -> bool:
-    """Execute a job of the code location in this process, printing its stages as they start and end."""
+def run_job(name: str, run_config: dict | None = None, assets: list[str] | None = None) -> bool:
+    """Execute a job of the code location (or only `assets` of it) in this process, printing its stages as they
+    start and end. Runs left behind by killed processes are recovered first, so none of them holds a pool slot."""
     import dagster as dg
 
-    from .definitions import reconstructable_job
+    from .definitions import job_named, reconstructable_job
+    from .lib.config import SettingsError, check_run_config
     from .lib.console import QUIET_LOGGERS, followed_run
+    from .lib.runs import owner_tags, recover_dead_runs, sweep_leftovers
 
+    config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
+    try:  # before any step runs: Dagster itself would build a stage's config only when that stage starts
+        check_run_config(job_named(name), config)
+    except SettingsError as error:
+        print(f"{name} not started: {error}", file=sys.stderr)
+        return False
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance, followed_run(project_home() / "logs") as (tags, follower):
-        config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
-        result = dg.execute_job(reconstructable_job(name), instance=instance, run_config=config, tags=tags)
+        recover_dead_runs(instance)
+        sweep_leftovers(instance, project_home() / "artifacts")
+        result = dg.execute_job(
+            reconstructable_job(name),
+            instance=instance,
+            run_config=config,
+            tags={**tags, **owner_tags()},
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+        )
+        if result.success:
+            sweep_leftovers(instance, project_home() / "artifacts")  # this run's step outputs
     took = time.perf_counter() - started
     verdict = "succeeded" if result.success else "failed; inspect it with `learnalign dev`"
     print(
@@ -98,13 +119,25 @@ def latest_comparison_table() -> str:
     return f"{metadata['table_a'].value}\n\nplot: {metadata['plot_path'].value}"
 
 
-def dev(extra: list[str]) -> int:
-    """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly."""
+def dev(extra: list[str], recover_every_s: float = 30.0) -> int:
+    """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly. While it
+    runs, runs launched from the UI or by automation whose process died are recovered every `recover_every_s`."""
+    import dagster as dg
+
+    from .lib.runs import recover_dead_runs
+
     dg_cli = Path(sys.executable).with_name("dg")
     command = [str(dg_cli) if dg_cli.exists() else "dg", "dev", *extra]
     process = subprocess.Popen(command)
     try:
-        return process.wait()
+        with dg.DagsterInstance.get() as instance:
+            while process.poll() is None:
+                recover_dead_runs(instance, say=lambda line: print(f"learnalign: {line}", flush=True))
+                try:
+                    process.wait(timeout=recover_every_s)
+                except subprocess.TimeoutExpired:
+                    pass
+        return process.returncode
     except KeyboardInterrupt:
         process.wait()
         return 0

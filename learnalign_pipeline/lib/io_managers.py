@@ -9,7 +9,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ..core.storage.artifacts import TensorBundle, atomic_write_bytes, read_artifact, write_artifact
+from ..core.storage.artifacts import (
+    ArtifactIntegrityError,
+    TensorBundle,
+    atomic_write_bytes,
+    read_artifact,
+    write_artifact,
+)
 
 STEP_IO_MANAGER = "step_io_manager"
 
@@ -24,7 +30,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
-        path, digest = write_artifact(obj, Path(self.root).joinpath(*context.asset_key.path))
+        path, digest = write_artifact(obj, Path(self.root).joinpath(*context.asset_key.path), warn=context.log.warning)
         metadata: dict = {"path": dg.MetadataValue.path(str(path)), "sha256": digest}
         if isinstance(obj, pl.DataFrame):
             metadata["dagster/row_count"] = obj.height
@@ -45,7 +51,12 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         metadata = event.asset_materialization.metadata
         if "path" not in metadata:
             raise FileNotFoundError(f"the latest materialization of {key.to_user_string()} recorded no artifact path")
-        return read_artifact(Path(metadata["path"].value), metadata["sha256"].value if "sha256" in metadata else None)
+        try:
+            return read_artifact(
+                Path(metadata["path"].value), metadata["sha256"].value if "sha256" in metadata else None
+            )
+        except ArtifactIntegrityError as error:
+            raise ArtifactIntegrityError(f"{key.to_user_string()}: {error}") from error
 
 
 class JsonStepIOManager(dg.ConfigurableIOManager):

@@ -10,7 +10,6 @@ database and the watched dataset files.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +29,7 @@ from ..core.training.grpo import GRPOLossConfig
 from ..paths import project_home
 from .config import config_view, settings
 from .io_managers import STEP_IO_MANAGER, ArtifactIOManager, JsonStepIOManager
+from .runs import staging_name
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -38,7 +38,8 @@ class ArtifactStore(dg.ConfigurableResource):
     root: str
 
     def staging_dir(self) -> Path:
-        path = Path(self.root) / ".staging" / uuid.uuid4().hex
+        """A fresh directory named after this process (`lib/runs.py` removes it if the process dies)."""
+        path = Path(self.root) / ".staging" / staging_name()
         path.mkdir(parents=True)
         return path
 
@@ -49,8 +50,9 @@ class RowCacheResource(dg.ConfigurableResource):
 
     root: str
 
-    def cache(self) -> RowCache:
-        return RowCache(self.root)
+    def cache(self, warn=None) -> RowCache:
+        """The cache; `warn` receives a line for every file that fails verification (e.g. `context.log.warning`)."""
+        return RowCache(self.root, warn=warn)
 
 
 class TaskSettings(config_view(TaskConfig, base=dg.ConfigurableResource)):

@@ -56,6 +56,11 @@ def merge_counts(manifests: list[dict], field: str) -> dict:
     return total
 
 
+def dropped_files(manifests: list[dict], cache) -> list[str]:
+    """Names of the row-cache files the shards (and the collect step's `cache`) found corrupted and moved aside."""
+    return sorted({name for m in manifests for name in m.get("dropped_files", [])} | set(cache.dropped))
+
+
 def sharded_asset(
     *,
     name: str,

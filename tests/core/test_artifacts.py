@@ -111,3 +111,40 @@ def test_checkpoint_load_refuses_changed_files(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactIntegrityError, match="recorded digest"):
         read_artifact(path, digest)
+
+
+def test_writing_a_value_again_repairs_a_corrupted_file(tmp_path):
+    frame = pl.DataFrame({"id": ["a", "b"], "v": [0.5, 1.5]})
+    path, digest = write_artifact(frame, tmp_path)
+    path.write_bytes(path.read_bytes()[:-10])  # truncated after it was written
+    with pytest.raises(ArtifactIntegrityError, match="Rematerialize the asset that wrote it"):
+        read_artifact(path, digest)
+    said = []
+    assert write_artifact(frame, tmp_path, warn=said.append) == (path, digest)
+    assert read_artifact(path, digest).equals(frame)
+    assert said == [f"artifact {path} did not match its digest (changed after it was written): rewrote it"]
+    write_artifact(frame, tmp_path, warn=said.append)  # an intact copy is left as it is
+    assert len(said) == 1
+
+
+@pytest.mark.parametrize("damage", ["edited", "deleted"])
+def test_publishing_a_checkpoint_again_repairs_a_corrupted_directory(tmp_path, damage):
+    def staged(name):
+        staging = tmp_path / name
+        (staging / "sub").mkdir(parents=True)
+        (staging / "config.json").write_text("{}")
+        (staging / "sub" / "weights.bin").write_bytes(b"\x00\x01")
+        return Checkpoint(staging)
+
+    path, digest = write_artifact(staged("first"), tmp_path / "store")
+    if damage == "edited":
+        (path / "config.json").write_text('{"tampered": true}')
+    else:
+        (path / "sub" / "weights.bin").unlink()
+    with pytest.raises(ArtifactIntegrityError):
+        read_artifact(path, digest)
+    said = []
+    assert write_artifact(staged("second"), tmp_path / "store", warn=said.append) == (path, digest)
+    assert read_artifact(path, digest).path == path and len(said) == 1
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [path.name]  # the bad copy is gone
+    assert not (tmp_path / "second").exists()

@@ -77,24 +77,18 @@ csv_cells = st.text(max_size=40) | st.integers().map(str) | st.just("")
     rows=st.lists(st.lists(csv_cells, min_size=0, max_size=5), max_size=20),
 )
 def test_csv_rows_are_all_accounted_for(tmp_path_factory, header, rows):
-    """Quoted CSV written by the csv module: arbitrary text cells, short and long rows, missing columns."""
+    """Quoted CSV written by the csv module: arbitrary text cells, short, long and ragged rows, missing columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    # polars refuses ragged rows as a whole-file error, so rows are padded/truncated to the header width here
-    # and missing fields are modelled by empty cells and by headers that lack the needed columns.
-    rows = [(row + [""] * len(header))[: len(header)] for row in rows]
-    writer.writerows(rows)
+    writer.writerows(rows)  # ragged rows are rejected one by one (wrong_field_count), never the whole file
     path = tmp_path_factory.mktemp("fuzz") / "rows.csv"
     path.write_text(buffer.getvalue(), encoding="utf-8", errors="surrogatepass")
     spec = SourceConfig(
         str(path), format="generic", prompt_column="question", answer_column="answer", numeric_gold=True
     )
-    try:
-        result = load_problems(spec)
-    except ValueError as error:  # a file polars cannot parse at all is refused as a whole, with its name
-        assert "cannot parse CSV" in str(error)
-        return
+    result = load_problems(spec)
+    rows = [row for row in rows if row]  # an empty row is written as a blank line, which is no row
     _reconciles(result, len(rows))
 
 

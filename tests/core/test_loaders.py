@@ -1,6 +1,7 @@
 """Loading problem files: the real GSM8K files ingest completely, and a corrupted copy reconciles row for row."""
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import polars as pl
@@ -191,3 +192,29 @@ def test_save_to_disk_layout_and_generic_mapping(tmp_path):
         .to_list()
         == result.problems["problem_id"].to_list()
     )
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_huge_row_is_rejected_without_being_read_whole(tmp_path, suffix):
+    """Memory is bounded by the row limit, not by the row: a 48 MiB single-line row used to be read whole (JSONL:
+    130 MiB traced for a 64 MiB row; CSV: the whole file, 264 MiB) before it was rejected as oversized."""
+    huge = "x" * (48 << 20)
+    path = tmp_path / f"hostile.{suffix}"
+    good = [("What is 2 plus 3?", "#### 5"), ("What is 4 plus 4?", "#### 8")]
+    if suffix == "jsonl":
+        lines = [json.dumps({"question": q, "answer": a}) for q, a in [good[0], (huge, "#### 1"), good[1]]]
+    else:
+        lines = ["question,answer"] + [f'"{q}","{a}"' for q, a in [good[0], (huge, "#### 1"), good[1]]]
+    path.write_text("\n".join(lines) + "\n")
+    del huge, lines
+    tracemalloc.start()
+    try:
+        result = load_problems(SourceConfig(str(path), format="gsm8k", max_row_chars=20_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak / 2**20:.1f} MiB"
+    assert result.report.as_dict() == {"rows_read": 3, "accepted": 2, "rejected": 1, "duplicates_collapsed": 0}
+    assert result.rejected["kind"].to_list() == ["oversized"]
+    assert result.rejected["location"].to_list() == ["hostile.jsonl:2" if suffix == "jsonl" else "hostile.csv:row 1"]
+    assert len(result.rejected["raw"][0]) <= 500  # a preview, not the row

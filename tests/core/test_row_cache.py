@@ -2,19 +2,25 @@
 reruns and pool edits, and per-problem reuse of rollouts."""
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 
+import learnalign_pipeline
 from learnalign_pipeline.core.data.arithmetic import arithmetic_frame
 from learnalign_pipeline.core.policy.generation import SamplingSpec, TransformersBackend
 from learnalign_pipeline.core.policy.rollouts import sample_rollouts, success_rates
 from learnalign_pipeline.core.selection.config import FeatureConfig, RolloutConfig
 from learnalign_pipeline.core.selection.features import gradient_features
 from learnalign_pipeline.core.selection.projection import KroneckerProjector
-from learnalign_pipeline.core.selection.stages import FeatureStage, RolloutStage
-from learnalign_pipeline.core.storage.hashing import stable_hash
+from learnalign_pipeline.core.selection.stages import FEATURE_CODE, ROLLOUT_CODE, FeatureStage, RolloutStage
+from learnalign_pipeline.core.storage.hashing import source_closure, stable_hash
 from learnalign_pipeline.core.storage.row_cache import RowCache, content_batches, problem_keys
 from learnalign_pipeline.core.task.config import TaskConfig
 from learnalign_pipeline.core.task.verify import NumericVerifier
@@ -157,3 +163,94 @@ def test_rollouts_are_reused_per_problem_and_equal_one_unsharded_call(tmp_path, 
     assert set(pl.concat([pl.read_parquet(p) for p in files])["row_key"]) == set(problem_keys(pool))
     with pytest.raises(ValueError, match="missing from the row cache"):
         RolloutStage(RowCache(tmp_path / "empty"), stage.settings, stage.task, "policy", {}).gather(pool)
+
+
+def test_tampered_or_truncated_row_files_are_named_dropped_and_generated_again(tmp_path, model, tokenizer):
+    pool = arithmetic_frame(12, seed=5, split="pool")
+    verifier, backend = NumericVerifier(), TransformersBackend(model, tokenizer)
+    settings = RolloutConfig(num_samples=3, seed=7, problems_per_file=4)
+    stage = RolloutStage(RowCache(tmp_path), settings, TaskConfig(max_new_tokens=8), "policy", {})
+    assert stage.generate_missing(pool, lambda: backend, verifier)["files"] == 3
+    reference = stage.gather(pool)
+    tampered, truncated, intact = stage.cache.row_files(stage.namespace)
+    # a valid Parquet file whose rewards were rewritten to 1.0, and a file cut in half
+    pl.read_parquet(tampered).with_columns(pl.lit(1.0, pl.Float32).alias("reward")).write_parquet(tampered)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+
+    warnings: list[str] = []
+    again = RolloutStage(RowCache(tmp_path, warn=warnings.append), settings, TaskConfig(max_new_tokens=8), "policy", {})
+    stats = again.generate_missing(pool, lambda: backend, verifier)
+    assert stats["reused_problems"] == 4 and stats["generated_problems"] == 8  # only the intact file was reused
+    assert sorted(again.cache.dropped) == sorted([tampered.name, truncated.name])
+    assert len(warnings) == 2 and all("modified or truncated after it was written" in w for w in warnings)
+    assert {str(tampered), str(truncated)} == {w.split(" ")[3] for w in warnings}  # each names its file
+    assert again.gather(pool).equals(reference)  # the rewards of the rows that were generated, not the tampered ones
+    assert (tmp_path / tampered.relative_to(tmp_path)).with_name(tampered.name + ".corrupt").exists()
+    assert intact in again.cache.row_files(again.namespace)
+
+
+def test_a_corrupted_feature_batch_is_computed_again(tmp_path, model, tokenizer, setup):
+    pool, _, rollouts, reference = setup
+    first, _, batches = _features(RowCache(tmp_path), pool, rollouts, model, reference, tokenizer, num_shards=1)
+    victim = sorted(RowCache(tmp_path).batch_files(_stage(RowCache(tmp_path)).namespace))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    cache = RowCache(tmp_path)
+    again, stats, _ = _features(cache, pool, rollouts, model, reference, tokenizer, num_shards=1)
+    assert stats[0]["computed_batches"] == 1 and stats[0]["reused_batches"] == len(batches) - 1
+    assert cache.dropped == [victim.name] and torch.equal(again.features, first.features)
+
+
+NAMESPACES = """
+from learnalign_pipeline.core.selection.config import FeatureConfig, RolloutConfig
+from learnalign_pipeline.core.selection.stages import FeatureStage, RolloutStage
+from learnalign_pipeline.core.storage.row_cache import RowCache
+from learnalign_pipeline.core.task.config import TaskConfig
+from learnalign_pipeline.core.training.config import GRPOConfig
+import sys
+cache = RowCache(sys.argv[1])
+rollouts = RolloutStage(cache, RolloutConfig(), TaskConfig(), "policy", {})
+features = FeatureStage(cache, FeatureConfig(), TaskConfig(), GRPOConfig().loss(8), "policy", "reference")
+print(rollouts.namespace.key, features.namespace.key)
+"""
+
+
+def _namespace_keys(package_root, cache) -> tuple[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(package_root)}
+    done = subprocess.run(  # cwd: `python -c` puts it first on sys.path
+        [sys.executable, "-c", NAMESPACES, str(cache)], env=env, cwd=package_root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rollouts, features = done.stdout.split()
+    return rollouts, features
+
+
+def test_an_edit_to_the_code_that_computes_rows_starts_a_fresh_namespace(tmp_path):
+    """No version constant to bump: a change to a verifier (or the gradient math) is a change of the rows' key,
+    a comment or docstring edit is not."""
+    source = Path(learnalign_pipeline.__file__).parent
+    copies = {}
+    for name, (module, edit) in {
+        "same": (None, None),
+        "verifier": ("core/task/verify.py", "\nTOLERANCE_EDIT = 1e-9\n"),
+        "projection": ("core/selection/projection.py", "\nSEED_OFFSET_EDIT = 1\n"),
+        "comment": ("core/task/verify.py", "\n# a comment\n"),
+    }.items():
+        root = tmp_path / name
+        shutil.copytree(source, root / "learnalign_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+        if module:
+            with open(root / "learnalign_pipeline" / module, "a") as f:
+                f.write(edit)
+        copies[name] = _namespace_keys(root, tmp_path / "cache")
+    assert copies["comment"] == copies["same"]
+    assert copies["verifier"][0] != copies["same"][0]  # rollouts are scored by the verifier
+    assert copies["projection"] == (copies["same"][0], copies["projection"][1]) != copies["same"]  # features only
+
+
+def test_the_rows_code_closure_follows_imports():
+    rollouts = source_closure(*(f"learnalign_pipeline.core.{m}" for m in ROLLOUT_CODE))
+    assert {"learnalign_pipeline.core.task.verify_math", "learnalign_pipeline.core.storage.hashing"} <= set(rollouts)
+    assert "learnalign_pipeline.core.selection.projection" not in rollouts
+    features = source_closure(*(f"learnalign_pipeline.core.{m}" for m in FEATURE_CODE))
+    assert "learnalign_pipeline.core.selection.projection" in features

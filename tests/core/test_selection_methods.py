@@ -9,8 +9,10 @@ import torch
 from learnalign_pipeline.core.data.noise import mark_noisy, noisy_flags
 from learnalign_pipeline.core.evaluation.comparison import summarize, table_a
 from learnalign_pipeline.core.selection.methods import (
+    LEARNABLE_ONLY,
     METHODS,
     MissingSignal,
+    NoLearnableProblems,
     SelectionSignals,
     method_scores,
     select,
@@ -46,7 +48,7 @@ def test_learnalign_is_the_row_average_of_the_explicit_matrix():
     torch.testing.assert_close(scores("learnalign", s), expected, rtol=1e-6, atol=1e-9)
     # by hand: V = (1/4, 3/16, 1/4, 0); a aligns with a and b: (1/4)(1/4 + 3/16)/4
     assert scores("learnalign", s)[0].item() == pytest.approx(0.25 * (0.25 + 3 / 16) / 4)
-    assert select("learnalign", s, 2)[0] == [0, 1]  # a, then b (same direction, lower V) before c (alone)
+    assert select("learnalign", s, 2).picked == [0, 1]  # a, then b (same direction, lower V) before c (alone)
 
 
 def test_learnalign_ablations():
@@ -58,12 +60,12 @@ def test_learnalign_ablations():
     # inner product: V_i <phi_i, (1/n) sum_j V_j phi_j>; phi = (e1, 4 e1, 2 e2, 0), sum V_j phi_j = (1/4 + 3/4) e1 + (1/2) e2
     expected = torch.tensor([0.25 * 1.0 / 4, (3 / 16) * 4.0 / 4, 0.25 * 2 * 0.5 / 4, 0.0], dtype=torch.float64)
     torch.testing.assert_close(scores("learnalign_dot", s), expected, rtol=1e-6, atol=1e-9)
-    assert select("learnalign_dot", s, 1)[0] == [1]  # the large gradient wins once magnitude counts
+    assert select("learnalign_dot", s, 1).picked == [1]  # the large gradient wins once magnitude counts
     # w/o warm-up: the same rule on the base policy's signals
     cold = signals(
         cold_success_rate=torch.tensor([0.0, 0.5, 0.5, 0.5]), cold_unit_features=torch.tensor([E1, E2, E2, E1])
     )
-    assert select("learnalign_no_warmup", cold, 2)[0] == [1, 2]
+    assert select("learnalign_no_warmup", cold, 2).picked == [1, 2]
     with pytest.raises(MissingSignal, match="cold_success_rate"):
         scores("learnalign_no_warmup", s)
 
@@ -90,30 +92,30 @@ def test_gradalign_family():
     )
     # bottom-k: a candidate pointing against the validation gradient comes first
     opposed = signals(validation_features=val, unit_features=torch.tensor([E1, [-1.0, 0.0], E2, [0.0, 0.0]]))
-    assert select("gradalign_bottom", opposed, 1)[0] == [1]
-    assert select("gradient_norm", s, 2)[0] == [1, 2]
+    assert select("gradalign_bottom", opposed, 1).picked == [1]
+    assert select("gradient_norm", s, 2).picked == [1, 2]
     with pytest.raises(MissingSignal, match="validation_features"):
         scores("gradalign", signals())
 
 
 def test_accuracy_based_baselines():
     s = signals(success_rate=torch.tensor([0.0, 0.5, 0.375, 1.0], dtype=torch.float64))
-    assert select("accgreedy", s, 2)[0] == [1, 2]
-    band = select("accuracy_band", s, 4, seed=3)[0]
+    assert select("accgreedy", s, 2).picked == [1, 2]
+    band = select("accuracy_band", s, 4, seed=3).picked
     assert set(band[:2]) == {1, 2} and set(band[2:]) == {0, 3}  # in-band problems fill the budget first
     first, again, other = (
-        select("random", s, 2, seed=1)[0],
-        select("random", s, 2, seed=1)[0],
-        [select("random", s, 2, seed=k)[0] for k in range(2, 12)],
+        select("random", s, 2, seed=1).picked,
+        select("random", s, 2, seed=1).picked,
+        [select("random", s, 2, seed=k).picked for k in range(2, 12)],
     )
     assert first == again and any(o != first for o in other)  # seeded: reproducible, and the seed matters
     # row order does not matter: the same problems are drawn from a permuted pool
     perm = [3, 1, 0, 2]
     permuted = SelectionSignals(problem_ids=[IDS[i] for i in perm], success_rate=s.success_rate[perm])
-    assert {permuted.problem_ids[i] for i in select("random", permuted, 2, seed=1)[0]} == {IDS[i] for i in first}
+    assert {permuted.problem_ids[i] for i in select("random", permuted, 2, seed=1).picked} == {IDS[i] for i in first}
     counts = torch.zeros(4)
     for seed in range(400):
-        counts[select("random", s, 1, seed=seed)[0][0]] += 1
+        counts[select("random", s, 1, seed=seed).picked[0]] += 1
     assert counts.min() > 60  # roughly uniform (expected 100 each)
 
 
@@ -128,7 +130,7 @@ def test_limr_matches_the_formula_and_backfills_missing_epochs():
     expected = 1 - ((filled - mean) ** 2).sum(1) / ((1 - mean) ** 2).sum()
     torch.testing.assert_close(got[:3], expected)
     assert got[3] == -math.inf
-    assert select("limr", s, 1)[0] == [1]  # b tracks the pool-mean curve most closely
+    assert select("limr", s, 1).picked == [1]  # b tracks the pool-mean curve most closely
 
 
 def test_cheap_baselines_and_full_data():
@@ -137,18 +139,56 @@ def test_cheap_baselines_and_full_data():
         perplexity=torch.tensor([2.0, 8.0, 3.0, 1.0]),
         unconditional_perplexity=torch.tensor([1.0, 16.0, 2.0, 4.0]),
     )
-    assert select("response_length", s, 2)[0] == [1, 2]
-    assert select("perplexity_top", s, 2)[0] == [1, 2]
-    assert select("ifd", s, 2)[0] == [0, 2]  # ratios 2, 0.5, 1.5, 0.25
-    assert sorted(select("full_data", s, 1)[0]) == [0, 1, 2, 3]  # every problem whatever the budget
+    assert select("response_length", s, 2).picked == [1, 2]
+    assert select("perplexity_top", s, 2).picked == [1, 2]
+    assert select("ifd", s, 2).picked == [0, 2]  # ratios 2, 0.5, 1.5, 0.25
+    assert sorted(select("full_data", s, 1).picked) == [0, 1, 2, 3]  # every problem whatever the budget
 
 
 def test_ties_break_by_problem_id_and_unknown_methods_fail():
     s = signals(success_rate=torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64), problem_ids=["d", "b", "c", "a"])
-    assert select("accgreedy", s, 4)[0] == [3, 1, 2, 0]
+    assert select("accgreedy", s, 4).picked == [3, 1, 2, 0]
     with pytest.raises(ValueError, match="unknown selection method"):
         select("nope", s, 1)
     assert len(METHODS) == 18
+
+
+def test_unlearnable_problems_never_fill_the_budget_while_learnable_ones_remain():
+    # a, b learnable and aligned; c learnable but opposed to the mean direction (negative score); d, e: p = 0 and 1
+    s = SelectionSignals(
+        problem_ids=["a", "b", "c", "d", "e"],
+        success_rate=torch.tensor([0.5, 0.25, 0.5, 0.0, 1.0], dtype=torch.float64),
+        unit_features=torch.tensor([E1, E1, [-1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]),
+        norms=torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]),
+    )
+    assert scores("learnalign", s)[2] < 0 == scores("learnalign", s)[3]  # by score alone d and e rank above c
+    chosen = select("learnalign", s, 3)
+    assert chosen.picked == [0, 1, 2] and chosen.learnable_selected == 3 and chosen.shortfall is None
+    bigger = select("learnalign", s, 4)  # more than the learnable problems: the subset shrinks and says why
+    assert bigger.picked == [0, 1, 2] and bigger.learnable_in_pool == 3
+    assert bigger.shortfall.startswith("budget 4 > 3 learnable problems (0 < p < 1) in the pool of 5: selected 3")
+    for method in sorted(
+        LEARNABLE_ONLY
+        - {
+            "learnalign_no_warmup",
+            "gradalign",
+            "gradalign_dot",
+            "gradalign_unit_mean",
+            "gradalign_learnability",
+            "gradalign_bottom",
+        }
+    ):
+        assert sorted(select(method, s, 5).picked) == [0, 1, 2], method
+    controls = select("random", s, 5)  # a control keeps its definition: any problem
+    assert sorted(controls.picked) == [0, 1, 2, 3, 4] and controls.learnable_selected == 3
+    assert select("random", s, 9).shortfall == "budget 9 > the pool's 5 problems: selected 5"
+
+
+def test_a_pool_without_learnable_problems_is_refused_by_every_method():
+    s = signals(success_rate=torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+    for method in ("learnalign", "random", "full_data"):
+        with pytest.raises(NoLearnableProblems, match=r"all 4 problems have p = 0 or 1 .*\(3 never solved, 1 always"):
+            select(method, s, 2)
 
 
 def test_noisy_pool_marks_the_exact_share_and_keeps_ids_content_hashes():

@@ -1,11 +1,14 @@
-"""The data stage on a real Dagster instance: file sources, the rejected-rows table and the blocking check."""
+"""The data stage on a real Dagster instance configured like `learnalign`'s: file sources, the rejected-rows table,
+and refused loads (too many rows rejected, or none accepted) that never replace the last good table."""
 
 import json
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
+from learnalign_pipeline.cli import DAGSTER_YAML
 from learnalign_pipeline.core.storage.artifacts import read_artifact
 from learnalign_pipeline.presets import GSM8K_GPU
 
@@ -39,19 +42,19 @@ def _run(tmp_path, monkeypatch, run_config):
     definitions = defs()
     job = definitions.resolve_job_def("learnalign_job")
     (tmp_path / "instance").mkdir(exist_ok=True)
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+    overrides = yaml.safe_load(DAGSTER_YAML)
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance"), overrides=overrides) as instance:
         result = job.execute_in_process(
             run_config=run_config,
             instance=instance,
             asset_selection=[dg.AssetKey(k) for k in DATA],
             raise_on_error=False,
         )
-        checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
         events = {}
         for key in DATA:
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             events[key] = event.asset_materialization if event else None
-        return result, checks, events
+        return result, events
 
 
 def _config(test, pool, limit: float) -> dict:
@@ -68,11 +71,10 @@ def _load(materialization):
     return read_artifact(Path(materialization.metadata["path"].value), materialization.metadata["sha256"].value)
 
 
-def test_file_source_loads_and_the_check_passes_within_the_limit(files, tmp_path, monkeypatch):
+def test_file_source_loads_within_the_limit(files, tmp_path, monkeypatch):
     test, pool = files
-    result, checks, events = _run(tmp_path, monkeypatch, _config(test, pool, limit=0.10))
+    result, events = _run(tmp_path, monkeypatch, _config(test, pool, limit=0.10))
     assert result.success
-    assert checks["raw_problems"].passed and checks["benchmark_problems"].passed
     meta = {k: v.value for k, v in events["raw_problems"].metadata.items()}
     assert (meta["rows_read"], meta["accepted"], meta["rejected"], meta["duplicates_collapsed"]) == (24, 20, 2, 2)
     assert meta["rows_read"] == meta["accepted"] + meta["rejected"] + meta["duplicates_collapsed"]
@@ -84,20 +86,47 @@ def test_file_source_loads_and_the_check_passes_within_the_limit(files, tmp_path
     assert not set(pool_table["problem_id"]) & set(test_table["problem_id"])
 
 
-def test_the_blocking_check_fails_the_run_above_the_limit(files, tmp_path, monkeypatch):
+def _failure(result) -> str:
+    return next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data.description
+
+
+def test_a_refused_load_never_becomes_the_latest_table(files, tmp_path, monkeypatch):
     test, pool = files
-    result, checks, _ = _run(tmp_path, monkeypatch, _config(test, pool, limit=0.05))  # 2/24 = 8.3% > 5%
+    good, events = _run(tmp_path, monkeypatch, _config(test, pool, limit=0.10))
+    assert good.success
+    good_pool = events["raw_problems"]
+
+    # a file of only bad rows, and an empty file: nothing accepted (the rejected share limit is not even reached)
+    for name, text in {
+        "bad.jsonl": '{"question": "broken\n{"question": "q", "answer": ""}\n',
+        "empty.jsonl": "",
+    }.items():
+        bad = tmp_path / name
+        bad.write_text(text)
+        result, events = _run(tmp_path, monkeypatch, _config(test, bad, limit=1.0))
+        assert events["raw_problems"].metadata["sha256"] == good_pool.metadata["sha256"], name  # still the good pool
+        assert not result.success and _failure(result).startswith(f"{bad}: no problem accepted")
+
+    result, events = _run(tmp_path, monkeypatch, _config(test, pool, limit=0.05))  # 2/24 = 8.3% > 5%
     assert not result.success
-    check = checks["raw_problems"]
-    assert not check.passed
-    assert "2 of 24 rows" in check.description and "exceeds" in check.description
-    assert checks["benchmark_problems"].passed
+    assert _failure(result) == (
+        f"{pool}: 2 of 24 rows rejected (8.33%), above max_rejected_share 5.00%; raw_problems keeps its last good "
+        "version. See rejected_problems for each row's location and reason, fix the file or raise max_rejected_share"
+    )
+    assert _load(events["raw_problems"]).height == 20
+    assert _load(events["rejected_problems"])["kind"].to_list() == ["malformed_json", "empty_answer"]  # published
+    assert len(_materializations(tmp_path, "raw_problems")) == 1  # only the good load was ever materialized
+
+
+def _materializations(tmp_path, key: str) -> list:
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        return instance.fetch_materializations(dg.AssetKey(key), limit=10).records
 
 
 def test_a_missing_file_fails_naming_the_path(tmp_path, monkeypatch):
     missing = tmp_path / "absent.jsonl"
     config = {"ops": {"benchmark_problems": {"config": {"source": "file", "path": str(missing)}}}}
-    result, _, _ = _run(tmp_path, monkeypatch, config)
+    result, _ = _run(tmp_path, monkeypatch, config)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert str(missing) in failure.step_failure_data.error.cause.message
@@ -108,8 +137,8 @@ def test_gsm8k_gpu_preset_loads_the_real_files(tmp_path, monkeypatch):
     ops = {k: v for k, v in GSM8K_GPU["ops"].items() if k in ("benchmark_problems", "raw_problems")}
     if not (ROOT / ops["raw_problems"]["config"]["path"]).exists():
         pytest.skip("GSM8K files are not next to this checkout")
-    result, checks, events = _run(tmp_path, monkeypatch, {"ops": ops})
-    assert result.success and all(c.passed for c in checks.values())
+    result, events = _run(tmp_path, monkeypatch, {"ops": ops})
+    assert result.success
     assert events["raw_problems"].metadata["accepted"].value == 7473
     assert events["benchmark_problems"].metadata["accepted"].value == 1319
     assert events["rejected_problems"].metadata["num_rows"].value == 0

@@ -16,6 +16,7 @@ import torch
 
 from learnalign_pipeline.core.data.schema import PROBLEM_SCHEMA
 from learnalign_pipeline.core.policy.model import load_policy
+from learnalign_pipeline.core.selection.methods import LEARNABLE_ONLY
 from learnalign_pipeline.core.storage.artifacts import Checkpoint, TensorBundle, read_artifact
 from learnalign_pipeline.core.storage.hashing import tree_digest
 from learnalign_pipeline.presets import SMOKE, SMOKE_COMPARISON, SMOKE_CURRICULUM
@@ -116,7 +117,9 @@ def test_tables_have_their_schemas_and_counts_reconcile(materialized):
     learn = _load(events["learnability_scores"])
     assert ((learn["learnability"] - learn["success_rate"] * (1 - learn["success_rate"])).abs() < 1e-9).all()
     subset = _load(events["selected_subset"])
-    assert subset.height == SMOKE["ops"]["selected_subset"]["config"]["budget"]
+    learnable = rates.filter((pl.col("success_rate") > 0) & (pl.col("success_rate") < 1)).height
+    assert subset.height == min(SMOKE["ops"]["selected_subset"]["config"]["budget"], learnable) > 0
+    assert ((subset["success_rate"] > 0) & (subset["success_rate"] < 1)).all()  # only learnable problems
     assert subset["rank"].to_list() == list(range(1, subset.height + 1))
     assert subset["score"].is_sorted(descending=True)
     assert set(subset["problem_id"]) <= set(pool["problem_id"])
@@ -217,7 +220,12 @@ def test_comparison_job_selects_trains_and_reports_every_method(materialized):
     pool = _load(events["raw_problems"])
     assert subsets.filter(pl.col("method") == "full_data")["problem_id"].n_unique() == pool.height
     sizes = subsets.filter(pl.col("method") != "full_data").group_by("method", "budget", "seed").len()
-    assert (sizes["len"] == sizes["budget"]).all() and sizes["method"].n_unique() == 17
+    assert sizes["method"].n_unique() == 17
+    controls = sizes.filter(~pl.col("method").is_in(list(LEARNABLE_ONLY)))
+    assert (controls["len"] == controls["budget"]).all()  # the controls fill the budget from the whole pool
+    assert (sizes["len"] <= sizes["budget"]).all()  # learnability methods: only learnable problems, maybe fewer
+    learnable_only = subsets.filter(pl.col("method").is_in(list(LEARNABLE_ONLY - {"learnalign_no_warmup"})))
+    assert ((learnable_only["success_rate"] > 0) & (learnable_only["success_rate"] < 1)).all()
     results = _load(latest("comparison_results"))
     runs = results.filter(pl.col("method").is_in(["learnalign", "gradalign", "limr", "full_data"]))
     assert runs.height == 4 * 2 * 2 and set(runs["steps"]) == {2}

@@ -1,7 +1,9 @@
-"""The sharded stages (`rollouts_and_success_rates`, `projected_gradients`) on a real on-disk Dagster instance:
-results do not depend on the shard count or the executor, a warm rerun computes nothing, a run killed with SIGKILL mid-rollouts
-(or mid-gradients) is finished by a rerun that reuses every published batch, and the shards run as parallel Dask tasks on a local
-cluster, all with bitwise-identical artifacts."""
+"""The sharded stages (`rollouts_and_success_rates`, `projected_gradients`) on a real on-disk Dagster instance
+configured as `learnalign` configures it (the `gpu` pool limited to one step): results do not depend on the shard
+count or the executor, a warm rerun computes nothing, a `learnalign` run killed with SIGKILL mid-shard (holding
+the only `gpu` slot) is recovered by the next `learnalign` run, which finishes, reuses every published batch and
+publishes the artifacts of an uninterrupted run, and the shards run as parallel Dask tasks on a local cluster,
+all with bitwise-identical artifacts."""
 
 import json
 import os
@@ -16,6 +18,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from learnalign_pipeline.cli import DAGSTER_YAML
 from learnalign_pipeline.presets import SMOKE
 
 pytestmark = pytest.mark.slow
@@ -74,11 +77,12 @@ def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("sharded_home")
     dagster_home = home / "dagster_home"
     dagster_home.mkdir()
-    # No compute-log capture: on Dask workers the local compute log manager's `tail -F` clean-up can wait forever
-    # at the end of a step (seen in CI: the step finished, the worker thread stayed in Popen.wait on tail).
+    # The instance `learnalign` writes (pool limit 1, run monitoring), without compute-log capture: on Dask workers
+    # the local compute log manager's `tail -F` clean-up can wait forever at the end of a step (seen in CI: the
+    # step finished, the worker thread stayed in Popen.wait on tail).
     (dagster_home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\n"
-        "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
+        DAGSTER_YAML
+        + "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n  class: NoOpComputeLogManager\n"
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEARNALIGN_HOME", str(home))
@@ -115,24 +119,27 @@ def reference(home):
     return versions
 
 
-STAGE_SCRIPT = """
+# The stages as `learnalign` runs a job: in process, through the CLI's run_job (owner tags, dead-run recovery).
+CLI_SCRIPT = """
 import json, sys
-import dagster as dg
-from learnalign_pipeline.definitions import defs
-instance = dg.DagsterInstance.from_config(sys.argv[1])
-job = defs().resolve_job_def("learnalign_job")
-job.execute_in_process(run_config=json.loads(sys.argv[2]), instance=instance, asset_selection=[dg.AssetKey(k) for k in json.loads(sys.argv[3])])
+from learnalign_pipeline.cli import run_job
+sys.exit(0 if run_job("learnalign_job", json.loads(sys.argv[1]), assets=json.loads(sys.argv[2])) else 1)
 """
 
 
+def cli_command(run_config: dict) -> list[str]:
+    return [sys.executable, "-c", CLI_SCRIPT, json.dumps(run_config), json.dumps(STAGES)]
+
+
+def cli_env(home: Path) -> dict:
+    return {**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
+
+
 def kill_after_first_file(home: Path, run_config: dict, pattern: str, cache: Path) -> list[Path]:
-    """Start the stages in a child process, SIGKILL it as soon as a file matching `pattern` is published, and
-    return the files published by then."""
+    """Start the stages in a child `learnalign` process, SIGKILL it as soon as a file matching `pattern` is
+    published (mid-shard: the shard step holds the only `gpu` slot), and return the files published by then."""
     child = subprocess.Popen(
-        [sys.executable, "-c", STAGE_SCRIPT, str(home / "dagster_home"), json.dumps(run_config), json.dumps(STAGES)],
-        env={**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cli_command(run_config), env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 240
     try:
@@ -148,6 +155,27 @@ def kill_after_first_file(home: Path, run_config: dict, pattern: str, cache: Pat
     return sorted(cache.glob(pattern))
 
 
+def rerun_after_kill(home: Path, run_config: dict) -> dg.DagsterInstance:
+    """The next `learnalign` run after the kill: it must say it recovered the dead run and finish (before the
+    recovery it waited forever for the dead run's `gpu` slot, ignoring Ctrl-C)."""
+    with instance_of(home) as instance:
+        dead = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))]
+        assert len(dead) == 1  # the killed run: it never recorded its end
+        held = instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+        assert [s.run_id for s in held] == [dead[0].run_id]  # ... and keeps the only gpu slot
+    try:
+        done = subprocess.run(cli_command(run_config), env=cli_env(home), capture_output=True, text=True, timeout=400)
+    except subprocess.TimeoutExpired as timeout:
+        raise AssertionError("the rerun did not finish: blocked by the killed run's gpu slot") from timeout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"run {dead[0].run_id[:8]} (learnalign_job, started, holding the gpu slot)" in done.stdout
+    assert "marked it failed and freed its pool slots" in done.stdout  # the user is told
+    instance = instance_of(home)
+    assert instance.get_run_by_id(dead[0].run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+    return instance
+
+
 def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, reference):
     cache = home / "cache_killed"
     run_config = stage_config(cache, problems_per_file=2)  # 24 small files: many chances to die mid-stage
@@ -157,7 +185,7 @@ def test_sigkill_mid_rollouts_then_rerun_reuses_published_batches(home, referenc
     assert 0 < killed_problems < pool_size(instance_of(home))  # killed mid-stage: some batches were published, not all
     assert not list(cache.glob("gradient_features/*/batch-*.safetensors"))
 
-    instance = run_stages(home, run_config)
+    instance = rerun_after_kill(home, run_config)
     rollouts = latest_metadata(instance, "rollouts")
     assert rollouts["reused_problems"] == killed_problems  # finished batches were read back, not regenerated
     assert rollouts["generated_problems"] == pool_size(instance) - killed_problems
@@ -170,13 +198,35 @@ def test_sigkill_mid_gradient_shards_then_rerun_reuses_published_batches(home, r
     run_config = stage_config(cache)
     published = kill_after_first_file(home, run_config, "gradient_features/*/batch-*.safetensors", cache)
     batches_at_kill = len(published)
-    instance = run_stages(home, run_config)
+    instance = rerun_after_kill(home, run_config)
     grads = latest_metadata(instance, "projected_gradients")
     assert 0 < batches_at_kill < grads["batches"]  # killed mid-stage
     assert (
         grads["reused_batches"] == batches_at_kill and grads["computed_batches"] == grads["batches"] - batches_at_kill
     )
     assert data_versions(instance) == reference
+
+
+def test_tampered_and_truncated_row_cache_files_are_named_and_computed_again(home, reference):
+    cache = home / "cache_tampered"
+    shutil.copytree(home / "cache_reference", cache)
+    rows = sorted(cache.glob("rollouts/*/rows-*.parquet"))
+    tampered, truncated = rows[0], rows[-1]
+    # every reward rewritten to 1.0 (a valid file: it used to be reused, raising the mean success rate), and a file
+    # cut in half (it used to fail every shard with a Parquet error naming no file)
+    pl.read_parquet(tampered).with_columns(pl.lit(1.0, pl.Float32).alias("reward")).write_parquet(tampered)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    batch = sorted(cache.glob("gradient_features/*/batch-*.safetensors"))[0]
+    batch.write_bytes(batch.read_bytes()[:-8] + b"\x00" * 8)
+    lost = pl.concat([pl.read_parquet(p) for p in rows if p not in (tampered, truncated)])["problem_id"].n_unique()
+
+    instance = run_stages(home, stage_config(cache))
+    assert data_versions(instance) == reference  # the rows were generated again, not read from the bad files
+    rollouts, grads = latest_metadata(instance, "rollouts"), latest_metadata(instance, "projected_gradients")
+    assert sorted(rollouts["row_cache_files_dropped"]) == sorted([tampered.name, truncated.name])
+    assert rollouts["generated_problems"] == pool_size(instance) - lost
+    assert grads["row_cache_files_dropped"] == [batch.name] and grads["computed_batches"] >= 1
+    assert tampered.with_name(tampered.name + ".corrupt").exists()
 
 
 DASK_SCRIPT = """

@@ -4,13 +4,18 @@ Sources: JSONL (read line by line, so one malformed line or one invalid UTF-8 by
 Parquet, CSV, and a directory written by HF `datasets.save_to_disk` (its `.arrow` files are Arrow IPC streams,
 read with pyarrow, so the `datasets` package is not needed). Paths may be local or any fsspec URL.
 
+Memory is bounded by the row limit, not by the file: JSONL and CSV are read in blocks, and of a line longer than
+the limit only its first `limit` bytes are kept (the rest is counted and dropped), so a hostile 300 MB single-line
+row costs a few MB. CSV rows go through Python's `csv` module over those bounded lines (all values stay strings;
+an empty cell is ""). Parquet and Arrow files are read a table (or record batch) at a time.
+
 Every row read ends up in exactly one place: the accepted table, the rejected table (with its location and
 reason), or the duplicate count, so `rows_read == accepted + rejected + duplicates_collapsed` always holds.
 """
 
 from __future__ import annotations
 
-import io
+import csv
 import json
 import posixpath
 from collections.abc import Iterator
@@ -20,7 +25,7 @@ from typing import Literal
 import fsspec
 import polars as pl
 
-from ..settings import setting
+from ..settings import require, setting
 from ..storage.hashing import problem_id
 from ..task.verify import last_boxed, parse_number
 from .schema import PROBLEM_SCHEMA
@@ -42,6 +47,7 @@ DUPLICATE_SCHEMA: dict[str, pl.DataType] = {
     "kept_location": pl.String(),  # the occurrence that was kept ("excluded" when it was in `exclude_ids`)
 }
 RAW_PREVIEW_CHARS = 500
+BATCH_ROWS = 1024  # Parquet rows decoded at a time
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,12 @@ class SourceConfig:
     category_column: str | None = setting(None, "generic format: optional category column")
     numeric_gold: bool = setting(False, "generic format: reject gold answers that are not numbers")
     max_row_chars: int = setting(20_000, "rows longer than this are rejected as oversized; they are not problems")
+
+    def __post_init__(self) -> None:
+        require(self.max_row_chars >= 1, "max_row_chars", f"must be >= 1 (got {self.max_row_chars})")
+        if self.format == "generic":
+            require(bool(self.prompt_column), "prompt_column", "the generic format needs the question's column")
+            require(bool(self.answer_column), "answer_column", "the generic format needs the gold answer's column")
 
 
 @dataclass(frozen=True)
@@ -112,19 +124,44 @@ def _open(fs, fs_path: str, original: str):
         raise OSError(f"cannot read problem source {original}: {error}") from error
 
 
+@dataclass(frozen=True)
+class _Line:
+    data: bytes  # the line without its newline; only its first `limit` bytes when `length > limit`
+    length: int  # the line's full length in bytes
+
+
+def _bounded_lines(stream, limit: int, block: int = 1 << 16) -> Iterator[_Line]:
+    """The lines of a binary stream, keeping at most `limit` bytes of each: memory never exceeds a block plus
+    `limit`, whatever the file holds."""
+    kept, length = bytearray(), 0
+    while chunk := stream.read(block):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            piece = chunk[start:end]
+            kept += piece[: max(0, limit - len(kept))]
+            yield _Line(bytes(kept), length + len(piece))
+            kept, length, start = bytearray(), 0, end + 1
+        piece = chunk[start:]
+        kept += piece[: max(0, limit - len(kept))]
+        length += len(piece)
+    if length:
+        yield _Line(bytes(kept), length)
+
+
 def _read_jsonl(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
     name = posixpath.basename(fs_path)
     with _open(fs, fs_path, spec.path) as handle:
-        for index, line in enumerate(handle):
+        for index, bounded in enumerate(_bounded_lines(handle, spec.max_row_chars)):
+            line = bounded.data
             location = f"{name}:{index + 1}"
             preview = line[: RAW_PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
-            if len(line) > spec.max_row_chars:
+            if bounded.length > spec.max_row_chars:
                 yield _RawRow(
                     location,
                     index,
                     None,
                     preview,
-                    RowError("oversized", f"row has {len(line)} bytes > {spec.max_row_chars}"),
+                    RowError("oversized", f"row has {bounded.length} bytes > {spec.max_row_chars}"),
                 )
                 continue
             try:
@@ -178,8 +215,8 @@ def _has_lone_surrogate(value) -> bool:
     return False
 
 
-def _table_rows(table, name: str, start: int, spec: SourceConfig) -> Iterator[_RawRow]:
-    for offset, record in enumerate(table.to_pylist()):
+def _records_as_rows(records: list[dict], name: str, start: int, spec: SourceConfig) -> Iterator[_RawRow]:
+    for offset, record in enumerate(records):
         index = start + offset
         raw = json.dumps(record, ensure_ascii=False, default=str)
         error = (
@@ -193,23 +230,79 @@ def _table_rows(table, name: str, start: int, spec: SourceConfig) -> Iterator[_R
 def _read_parquet(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
     import pyarrow.parquet as pq
 
+    name, start = posixpath.basename(fs_path), 0
     with _open(fs, fs_path, spec.path) as handle:
         try:
-            table = pq.read_table(handle)
-        except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
+            for batch in batches:  # a record batch at a time, not the whole table
+                yield from _records_as_rows(batch.to_pylist(), name, start, spec)
+                start += batch.num_rows
+        except (OSError, ValueError, TypeError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise ValueError(f"cannot read Parquet file {spec.path}: {error}") from error
-    yield from _table_rows(table, posixpath.basename(fs_path), 0, spec)
 
 
 def _read_csv(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
+    """Rows of a CSV file with a header, all values strings (type inference would turn "007" into 7 and change
+    the content hash). A physical line longer than 4 x max_row_chars bytes (so certainly longer than max_row_chars
+    characters) is never held whole: the row it belongs to is rejected as oversized."""
+    name = posixpath.basename(fs_path)
+    limit = 4 * spec.max_row_chars  # UTF-8: at most 4 bytes per character
     with _open(fs, fs_path, spec.path) as handle:
-        data = handle.read()
-    try:
-        # All columns as strings: type inference would turn "007" into 7 and change the content hash.
-        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except Exception as error:  # polars raises several types for unreadable CSV
-        raise ValueError(f"cannot parse CSV {spec.path}: {error}") from error
-    yield from _table_rows(frame.to_arrow(), posixpath.basename(fs_path), 0, spec)
+        bad_lines: dict[int, RowError] = {}  # physical line number -> why the row holding it is rejected
+
+        def text_lines() -> Iterator[str]:
+            for number, line in enumerate(_bounded_lines(handle, limit), start=1):
+                if line.length > limit:
+                    bad_lines[number] = RowError("oversized", f"a line of {line.length} bytes > {limit}")
+                    yield "\n"
+                    continue
+                try:
+                    yield line.data.decode("utf-8") + "\n"
+                except UnicodeDecodeError as error:
+                    bad_lines[number] = RowError(
+                        "invalid_utf8", f"invalid UTF-8 at byte {error.start} of line {number}"
+                    )
+                    yield "\n"
+
+        previous_limit = csv.field_size_limit(limit)
+        try:
+            reader = csv.reader(text_lines())
+            try:
+                header = next(reader)
+            except StopIteration:
+                return  # an empty file: no rows
+            except csv.Error as error:
+                raise ValueError(f"cannot parse the CSV header of {spec.path}: {error}") from error
+            if 1 in bad_lines or not header:
+                raise ValueError(f"cannot parse the CSV header of {spec.path}: {bad_lines.get(1, 'empty first line')}")
+            header[0] = header[0].removeprefix("\ufeff")  # a UTF-8 byte-order mark
+            index, first = 0, reader.line_num + 1
+            while True:
+                error = None
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as failure:  # a field longer than the limit, or malformed quoting
+                    row, error = None, RowError("malformed_csv", f"unreadable CSV: {failure}")
+                    if "field larger than field limit" in str(failure):
+                        error = RowError("oversized", f"a field longer than {limit} characters")
+                lines = range(first, reader.line_num + 1)
+                first = reader.line_num + 1
+                error = error or next((bad_lines[n] for n in lines if n in bad_lines), None)
+                if error is None and row == []:
+                    continue  # a blank line is no row
+                location = f"{name}:row {index}"
+                if error is None and len(row) != len(header):
+                    error = RowError("wrong_field_count", f"{len(row)} fields, the header has {len(header)}")
+                if error is not None:
+                    preview = "" if row is None else ",".join(row)[:RAW_PREVIEW_CHARS]
+                    yield _RawRow(location, index, None, preview, error)
+                else:
+                    yield from _records_as_rows([dict(zip(header, row, strict=True))], name, index, spec)
+                index += 1
+        finally:
+            csv.field_size_limit(previous_limit)
 
 
 def _read_saved_dataset(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
@@ -227,11 +320,11 @@ def _read_saved_dataset(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRo
     for filename in files:
         with _open(fs, posixpath.join(fs_path, filename), spec.path) as handle:
             try:
-                table = pa.ipc.open_stream(handle).read_all()
+                for batch in pa.ipc.open_stream(handle):  # a record batch at a time
+                    yield from _records_as_rows(batch.to_pylist(), filename, start, spec)
+                    start += batch.num_rows
             except pa.ArrowException as error:
                 raise ValueError(f"cannot read Arrow shard {filename} of {spec.path}: {error}") from error
-        yield from _table_rows(table, filename, start, spec)
-        start += table.num_rows
 
 
 def read_rows(spec: SourceConfig) -> Iterator[_RawRow]:

@@ -31,6 +31,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         require(self.fewshot >= 0, "fewshot", "must be >= 0")
         require(self.sampled_n >= 0, "sampled_n", "must be >= 0")
+        require(self.sampled_temperature > 0, "sampled_temperature", "must be > 0 (sampled pass@1 samples)")
+        require(0 < self.sampled_top_p <= 1, "sampled_top_p", f"must be in (0, 1], got {self.sampled_top_p}")
 
     def decodings(self, max_new_tokens: int) -> list[SamplingSpec]:
         """Greedy, then the sampled decoding when `sampled_n` > 0."""

@@ -74,8 +74,11 @@ class TinyPolicyConfig:
     )
 
     def __post_init__(self) -> None:
-        require(self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
-        require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        require(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")
+        require(self.num_heads % self.num_kv_heads == 0, "num_heads", "must be a multiple of num_kv_heads")
+        require(self.max_positions >= 8, "max_positions", "must be >= 8")
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int, style: Style = "plain") -> PreTrainedTokenizerFast:

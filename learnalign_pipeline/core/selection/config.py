@@ -28,7 +28,14 @@ class RolloutConfig:
     problems_per_file: int = setting(64, "problems per published row-cache file: the unit a crash can lose")
 
     def __post_init__(self) -> None:
-        require(self.num_samples >= 1, "num_samples", "must be >= 1")
+        require(
+            self.num_samples >= 2,
+            "num_samples",
+            f"learnability p(1 - p) needs >= 2 samples per problem (got {self.num_samples}; with 1, p is 0 or 1 and "
+            "no problem is learnable)",
+        )
+        require(self.temperature > 0, "temperature", "must be > 0 (greedy samples are all alike: p is 0 or 1)")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         require(self.problems_per_file >= 1, "problems_per_file", "must be >= 1")
 
 
@@ -64,14 +71,16 @@ class FeatureConfig:
         "per-token memory drops from all layers' activations to one layer's plus each layer's input)",
     )
 
-    def __post_init__(self) -> None:
-        require(self.memory_budget_gib is None or self.memory_budget_gib > 0, "memory_budget_gib", "must be > 0")
-        require(self.problems_per_batch >= 1, "problems_per_batch", "must be >= 1")
-
     def projector(self) -> Projector:
         if self.projection == "dense":
             return DenseProjector(self.dense_width_per_layer, self.seed)
         return KroneckerProjector(self.kronecker_in, self.kronecker_out, self.seed, self.output_width)
+
+    def __post_init__(self) -> None:
+        for name in ("kronecker_in", "kronecker_out", "dense_width_per_layer", "last_blocks", "problems_per_batch"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        require(self.memory_budget_gib is None or self.memory_budget_gib > 0, "memory_budget_gib", "must be > 0")
+        require(self.output_width is None or self.output_width >= 1, "output_width", "must be None or >= 1")
 
     @property
     def scope_name(self) -> str:
@@ -84,6 +93,9 @@ class AlignmentConfig:
 
     include_self: bool = setting(True, "keep the j = i term of LearnAlign's row average")
     max_matrix_problems: int = setting(256, "store the explicit n x n matrix only up to this n")
+
+    def __post_init__(self) -> None:
+        require(self.max_matrix_problems >= 0, "max_matrix_problems", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -99,3 +111,6 @@ class SelectionConfig:
         "the signals of the `comparison` group and are selected by its `comparison_subsets` asset",
     )
     seed: int = setting(0, "seed of the random and accuracy_band draws")
+
+    def __post_init__(self) -> None:
+        require(self.budget >= 1, "budget", f"must be >= 1 problem (got {self.budget})")

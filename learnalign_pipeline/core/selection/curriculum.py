@@ -15,7 +15,7 @@ import torch
 
 from ..policy.generation import SamplingSpec, TransformersBackend
 from ..policy.rollouts import sample_rollouts, success_rates
-from ..settings import setting
+from ..settings import require, setting
 from ..task.config import TaskConfig
 from ..task.verify import Verifier
 from ..training.grpo import GRPOLossConfig
@@ -37,6 +37,12 @@ class CurriculumConfig:
         "gradalign", "a validation-aware rule: gradalign, gradalign_dot, gradalign_unit_mean, gradalign_learnability"
     )
     seed: int = setting(42, "seed of the pool shuffle (GradAlign: 42) and of the rollouts")
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "keep"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        for name in ("candidate_samples", "validation_samples"):
+            require(getattr(self, name) >= 2, name, "needs >= 2 rollouts per problem: one gives no gradient")
 
 
 def curriculum_chunk(problem_ids: list[str], chunk_size: int, round_index: int, seed: int) -> list[str]:

@@ -9,6 +9,16 @@ id, so the result never depends on row order). Notation (see ../shared/research/
   the pool, so <phi_i, Gamma^T g_V> = <Gamma^T g_i, Gamma^T g_V> and the JL guarantees carry over.
 
 Signals a method needs and does not get raise a `MissingSignal` naming it.
+
+Unlearnable problems. A problem with p in {0, 1} at the scoring policy got the same reward in all K samples: its
+GRPO advantage is 0, so training on it costs K rollouts per visit and moves the policy only through the KL term.
+Methods that rank by learnability or by the policy gradient (`LEARNABLE_ONLY`) therefore never select such a
+problem while a learnable one (0 < p < 1) remains; when the budget exceeds the learnable problems, the subset is
+every learnable problem, smaller than the budget, and `Selection` says so. (LearnAlign's own scores would rank
+p in {0, 1} problems, score 0, above learnable problems with negative alignment and let them fill the budget.)
+The controls (random, the accuracy band, LIMR, length, perplexity, IFD, full data) keep their definitions. A
+pool with no learnable problem at all is refused by every method (`NoLearnableProblems`): nothing in it can be
+trained on, and every learnability or gradient score is 0.
 """
 
 from __future__ import annotations
@@ -251,8 +261,94 @@ def method_scores(method: str, signals: SelectionSignals, seed: int = 0) -> torc
     return rule(signals, seed=seed) if method in SEEDED else rule(signals)
 
 
-def select(method: str, signals: SelectionSignals, budget: int, seed: int = 0) -> tuple[list[int], torch.Tensor]:
-    """(row indices of the selected problems, best first; every problem's score). `full_data` ignores the budget."""
-    scores = method_scores(method, signals, seed)
-    n = len(signals.problem_ids) if method == "full_data" else budget
-    return top_n(scores, signals.problem_ids, n), scores
+# Methods that rank by learnability or by the policy gradient: they select only learnable problems (see above).
+LEARNABLE_ONLY = {
+    "learnalign",
+    "learnalign_no_learnability",
+    "learnalign_dot",
+    "learnalign_no_warmup",
+    "gradalign",
+    "gradalign_dot",
+    "gradalign_unit_mean",
+    "gradalign_learnability",
+    "gradalign_bottom",
+    "gradient_norm",
+    "accgreedy",
+}
+
+
+class NoLearnableProblems(ValueError):
+    """Every pool problem has p in {0, 1}: no selection can give GRPO anything to learn from."""
+
+
+def learnable_mask(success_rate: torch.Tensor) -> torch.Tensor:
+    """0 < p < 1: the problems whose rollouts disagree, so their GRPO advantages are not all 0."""
+    p = success_rate.double()
+    return (p > 0) & (p < 1)
+
+
+@dataclass(frozen=True)
+class Selection:
+    picked: list[int]  # row indices of the selected problems, best first
+    scores: torch.Tensor  # every problem's score under the method
+    budget: int  # N as requested
+    pool: int  # problems in the pool
+    learnable_in_pool: int  # 0 < p < 1 at the scoring policy
+    learnable_selected: int
+    learnable_only: bool  # whether the method may select only learnable problems
+
+    @property
+    def shortfall(self) -> str | None:
+        """Why fewer problems than the budget were selected, or None."""
+        if len(self.picked) >= self.budget:
+            return None
+        if self.learnable_only and self.learnable_in_pool < min(self.budget, self.pool):
+            return (
+                f"budget {self.budget} > {self.learnable_in_pool} learnable problems (0 < p < 1) in the pool of "
+                f"{self.pool}: selected {len(self.picked)}; the others have the same reward in every sample, so GRPO "
+                "would learn nothing from them"
+            )
+        return f"budget {self.budget} > the pool's {self.pool} problems: selected {len(self.picked)}"
+
+
+def no_learnable_message(success_rate: torch.Tensor) -> str:
+    p = success_rate.double()
+    never, always = int((p == 0).sum()), int((p == 1).sum())
+    return (
+        f"no learnable problem in the pool: all {p.numel()} problems have p = 0 or 1 at the scoring policy "
+        f"({never} never solved, {always} always solved), so GRPO would get zero advantage on every one. Check the "
+        "gold answers (rejected_problems, a sample of rollouts), sample more rollouts per problem, or use a policy "
+        "that solves some of them"
+    )
+
+
+def select(
+    method: str, signals: SelectionSignals, budget: int, seed: int = 0, scores: torch.Tensor | None = None
+) -> Selection:
+    """The top `budget` problems by `method` (`scores`, when given, replace the method's own: e.g. LearnAlign with
+    a configured alignment). Learnability and gradient methods select only learnable problems; `full_data` takes
+    the whole pool. Raises NoLearnableProblems when the pool has no learnable problem."""
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    learnable = learnable_mask(signals.success_rate)
+    if not learnable.any():
+        raise NoLearnableProblems(no_learnable_message(signals.success_rate))
+    scores = method_scores(method, signals, seed) if scores is None else scores
+    ids = signals.problem_ids
+    only = method in LEARNABLE_ONLY
+    if method == "learnalign_no_warmup":  # its learnability is measured at the base policy
+        eligible = learnable_mask(signals.need("cold_success_rate", method))
+    else:
+        eligible = learnable if only else torch.ones(len(ids), dtype=torch.bool)
+    candidates = [i for i in range(len(ids)) if eligible[i]]
+    n = len(candidates) if method == "full_data" else budget
+    picked = [candidates[j] for j in top_n(scores[candidates], [ids[i] for i in candidates], n)]
+    return Selection(
+        picked=picked,
+        scores=scores,
+        budget=budget,
+        pool=len(ids),
+        learnable_in_pool=int(learnable.sum()),
+        learnable_selected=int(learnable[picked].sum()) if picked else 0,
+        learnable_only=only,
+    )

@@ -10,6 +10,7 @@ result never depends on the shard count, the executor or the number of reruns.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..compute import CPU, ComputeConfig
 from ..policy.generation import GenerationBackend, SamplingSpec
 from ..policy.rollouts import ROLLOUT_SCHEMA, learnable_problems, sample_rollouts
 from ..storage.artifacts import TensorBundle
-from ..storage.hashing import stable_hash
+from ..storage.hashing import code_digest, stable_hash
 from ..storage.row_cache import Namespace, RowCache, content_batches, problem_keys, shard_of
 from ..task.config import TaskConfig
 from ..task.verify import Verifier
@@ -29,10 +30,27 @@ from ..training.grpo import GRPOLossConfig
 from .config import FeatureConfig, RolloutConfig
 from .features import FeatureBatchResult, gradient_features, memory_budget
 
-# Bump when the rows a namespace holds would change for the same settings (generation, verifier, gradient or
-# projection math), so cached rows of the old code are never served.
-ROLLOUT_ROWS_VERSION = "2"  # 2: stop strings and every EOS id; nothing appended
-FEATURE_ROWS_VERSION = "2"  # 2: projected inside the hooks, sub-batched by memory
+# The code each stage's rows are computed by: these modules and every module of the package they import. Its
+# digest is part of the namespace key, so an edit to generation, a verifier, the prompts or the gradient math
+# starts a fresh namespace and cached rows of other code are never served (no version number to remember).
+ROLLOUT_CODE = ("policy.rollouts", "policy.generation", "policy.vllm_backend", "task.verify", "task.prompts")
+FEATURE_CODE = ("selection.features", "selection.capture", "selection.projection", "training.grpo", "task.prompts")
+
+
+def code_version(modules: tuple[str, ...]) -> str:
+    package = __name__.rsplit(".", 2)[0]  # learnalign_pipeline.core
+    return code_digest(*(f"{package}.{m}" for m in modules))
+
+
+def library_versions(*names: str) -> dict[str, str | None]:
+    """Versions of the libraries whose kernels compute the rows (a new torch may round differently)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def shard_rows(problems: pl.DataFrame, shard: int, num_shards: int) -> pl.DataFrame:
@@ -53,7 +71,10 @@ class RolloutStage:
         self.namespace: Namespace = cache.namespace(
             "rollouts",
             {
-                "version": ROLLOUT_ROWS_VERSION,
+                "code": code_version(ROLLOUT_CODE),
+                "libraries": library_versions(
+                    "torch", "transformers", *(["vllm"] if settings.backend == "vllm" else [])
+                ),
                 "policy": policy,
                 "rollouts": rows,
                 "task": dataclasses.asdict(task),
@@ -115,7 +136,9 @@ class RolloutStage:
         lacking = rows.filter(pl.col("sample_index").is_null())
         if lacking.height:
             raise ValueError(
-                f"rollouts are missing from the row cache for {lacking.height} problems, e.g. {lacking['_id'].head(3).to_list()}"
+                f"rollouts are missing from the row cache for {lacking.height} problems, e.g. "
+                f"{lacking['_id'].head(3).to_list()} ({self.namespace.path}); rematerialize rollouts_and_success_rates "
+                "to generate them again"
             )
         return rows.sort("_position", "sample_index").select(list(ROLLOUT_SCHEMA)).cast(ROLLOUT_SCHEMA)
 
@@ -183,7 +206,8 @@ class FeatureStage:
         self.namespace: Namespace = cache.namespace(
             "gradient_features",
             {
-                "version": FEATURE_ROWS_VERSION,
+                "code": code_version(FEATURE_CODE),
+                "libraries": library_versions("torch", "transformers"),
                 "policy": policy,
                 "reference_policy": reference if loss.beta else None,
                 "loss": dataclasses.asdict(loss),
@@ -264,6 +288,11 @@ class FeatureStage:
         blocks, ids = [], []
         for batch in batches:
             bundle = self.cache.get_batch(self.namespace, batch.key)
+            if bundle is None:
+                raise ValueError(
+                    f"feature batch {batch.key[:16]} is missing from the row cache or was corrupted after its shard "
+                    f"published it ({self.namespace.path}); rematerialize projected_gradients to compute it again"
+                )
             stored = json.loads(bundle.metadata["problem_ids"])
             if stored != list(batch.problem_ids):
                 raise ValueError(f"cached feature batch {batch.key[:16]} holds other problems than planned")

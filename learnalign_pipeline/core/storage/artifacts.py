@@ -138,10 +138,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def publish_directory(staging: Path, final: Path) -> Path:
+def publish_directory(staging: Path, final: Path, digest: str | None = None, warn=None) -> Path:
     """Move a finished staging directory to its content-addressed home with one rename.
 
-    If `final` already exists it holds identical content (same digest), so the staging copy is discarded.
+    If `final` already exists and holds the same content (`digest`, when given, is checked), the staging copy is
+    discarded. A copy that no longer matches (files edited or deleted after publishing) is replaced by the staging
+    copy and removed, and `warn` is told.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     for path in Path(staging).rglob("*"):  # contents on disk before the rename makes them visible
@@ -150,23 +152,38 @@ def publish_directory(staging: Path, final: Path) -> Path:
                 os.fsync(f.fileno())
     try:
         os.rename(staging, final)
+        return final
     except OSError:
         if not final.is_dir():
             raise
+    if digest is None or tree_digest(final) == digest:
         shutil.rmtree(staging, ignore_errors=True)
+        return final
+    aside = final.with_name(f".{final.name}.corrupt-{uuid.uuid4().hex}")
+    os.rename(final, aside)
+    os.rename(staging, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    if warn:
+        warn(f"checkpoint {final} did not match its digest (changed after it was published): replaced it")
     return final
 
 
-def write_artifact(value, directory: Path) -> tuple[Path, str]:
-    """Store `value` under `directory` named by its digest; returns (path, sha256)."""
+def write_artifact(value, directory: Path, warn=None) -> tuple[Path, str]:
+    """Store `value` under `directory` named by its digest; returns (path, sha256). An existing file or directory
+    at that path is verified, and rewritten (telling `warn`) when it no longer matches: rematerializing repairs
+    a corrupted artifact."""
     if isinstance(value, Checkpoint):
         digest = checkpoint_manifest(value.path)["digest"]
-        return publish_directory(Path(value.path), directory / digest[:16]), digest
+        return publish_directory(Path(value.path), directory / digest[:16], digest, warn), digest
     data, suffix = encode(value)
     digest = sha256_bytes(data)
     path = directory / f"{digest[:16]}{suffix}"
     if not path.exists():
         atomic_write_bytes(path, data)
+    elif sha256_file(path) != digest:
+        atomic_write_bytes(path, data)
+        if warn:
+            warn(f"artifact {path} did not match its digest (changed after it was written): rewrote it")
     return path, digest
 
 
@@ -177,11 +194,20 @@ def read_artifact(path: Path, expected_sha256: str | None = None):
         raise FileNotFoundError(f"artifact {path} does not exist")
     if path.is_dir():
         if expected_sha256:
-            verify_checkpoint(path, expected_sha256)
+            try:
+                verify_checkpoint(path, expected_sha256)
+            except ArtifactIntegrityError as error:
+                raise ArtifactIntegrityError(
+                    f"{error}: it changed after it was published. Rematerialize the asset that wrote it: the new "
+                    "write replaces the changed copy"
+                ) from None
         return Checkpoint(path)
     data = path.read_bytes()
     if expected_sha256 and sha256_bytes(data) != expected_sha256:
-        raise ArtifactIntegrityError(f"artifact {path} does not match its recorded digest {expected_sha256[:16]}")
+        raise ArtifactIntegrityError(
+            f"artifact {path} does not match its recorded digest {expected_sha256[:16]}: it changed after it was "
+            "written. Rematerialize the asset that wrote it: the new write replaces the changed copy"
+        )
     if path.suffix == ".parquet":
         return pl.read_parquet(io.BytesIO(data))
     if path.suffix == ".safetensors":

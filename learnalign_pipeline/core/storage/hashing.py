@@ -7,7 +7,10 @@ data-format change, not a refactor.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,3 +82,76 @@ def hash_int(seed: int, key: str, num_bytes: int) -> int:
 def seeded_uniform(keys: list[str], seed: int) -> list[float]:
     """A uniform number in [0, 1) per key, from (seed, key)."""
     return [hash_int(seed, key, 7) / 2**56 for key in keys]
+
+
+@functools.cache
+def code_digest(*modules: str) -> str:
+    """sha256 of the code of `modules` (dotted names) and of every module of the same package they import,
+    directly or not: what cached rows are derived from, so an edit anywhere in that code gives a new digest.
+    Each module counts by its syntax tree without docstrings, so comment and docstring edits do not count."""
+    digest = hashlib.sha256()
+    for name, path in sorted(source_closure(*modules).items()):
+        digest.update(f"{name}\0{sha256_bytes(_code_without_docs(path).encode())}\n".encode())
+    return digest.hexdigest()
+
+
+def source_closure(*modules: str) -> dict[str, Path]:
+    """Module name -> source file of `modules` and every module of their package they import (found from the
+    files' import statements, nothing is imported)."""
+    found: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in found or (path := _module_file(name)) is None:
+            continue
+        found[name] = path
+        todo.extend(_package_imports(path, name) - set(found))
+    return found
+
+
+@functools.cache
+def _package_dir(root: str) -> Path | None:
+    spec = importlib.util.find_spec(root)
+    return Path(spec.origin).parent if spec is not None and spec.origin is not None else None
+
+
+def _module_file(name: str) -> Path | None:
+    root, _, rest = name.partition(".")
+    if (package := _package_dir(root)) is None:
+        return None
+    base = package.joinpath(*rest.split(".")) if rest else package
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _package_imports(path: Path, module: str) -> set[str]:
+    """The modules of `module`'s top-level package that its source imports (anywhere in the file)."""
+    root = module.split(".")[0]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
+                else (node.module or "")
+            )
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x`: x may be a module
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if (n == root or n.startswith(root + ".")) and _module_file(n) is not None}
+
+
+def _code_without_docs(path: Path) -> str:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            if isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)

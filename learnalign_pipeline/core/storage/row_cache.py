@@ -18,20 +18,27 @@ Two granularities, because their float math differs:
 
 Batch files are Parquet (rollouts) and safetensors (features), written under a temporary name and published by an
 atomic rename (`artifacts.atomic_write_bytes`): a reader, or a run killed mid-write, never sees a partial file.
+
+Every file is verified like an artifact: its name holds the sha256 of its bytes (`rows-<digest>.parquet`,
+`batch-<batch key>-<digest>.safetensors`) and every read checks it. A file that was modified or truncated after
+it was published is moved aside (`*.corrupt`, kept for inspection, never read), reported by name through `warn`
+and counted in `dropped`, and its rows count as missing, so the stage computes them again.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from .artifacts import TensorBundle, atomic_write_bytes, bundle_bytes, frame_bytes, read_artifact
-from .hashing import settings_hash, stable_hash
+from .hashing import settings_hash, sha256_bytes, stable_hash
+
+DIGEST_CHARS = 32  # hex digits of a file's sha256 in its name
 
 
 def problem_keys(problems: pl.DataFrame) -> list[str]:
@@ -79,10 +86,12 @@ class Namespace:
 
 
 class RowCache:
-    """Content-keyed batch files under `root/<stage>/<namespace>/`."""
+    """Content-keyed, content-verified batch files under `root/<stage>/<namespace>/`."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, warn: Callable[[str], None] | None = None):
         self.root = Path(root)
+        self.warn = warn or (lambda message: None)
+        self.dropped: list[str] = []  # files this object found corrupted and moved aside
 
     def namespace(self, stage: str, settings: dict) -> Namespace:
         key = settings_hash({"stage": stage, **settings})
@@ -94,26 +103,57 @@ class RowCache:
             )
         return Namespace(path, key)
 
+    # Verification, shared by both kinds of file.
+
+    def _verified_bytes(self, path: Path) -> bytes | None:
+        """The file's bytes if they match the digest in its name; otherwise it is moved aside and None returned."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # moved aside meanwhile by another shard that found it corrupted
+            return None
+        if sha256_bytes(data)[:DIGEST_CHARS] == path.stem.rsplit("-", 1)[-1]:
+            return data
+        self._drop(path, "does not match the digest in its name (modified or truncated after it was written)")
+        return None
+
+    def _drop(self, path: Path, reason: str) -> None:
+        try:
+            path.rename(path.with_name(path.name + ".corrupt"))
+        except FileNotFoundError:
+            pass
+        self.dropped.append(path.name)
+        self.warn(f"row cache file {path} {reason}: moved it aside (.corrupt); its rows are computed again")
+
+    def _publish(self, directory: Path, prefix: str, data: bytes, suffix: str) -> Path:
+        path = directory / f"{prefix}{sha256_bytes(data)[:DIGEST_CHARS]}{suffix}"
+        if not path.exists() or self._verified_bytes(path) is None:
+            atomic_write_bytes(path, data)
+        return path
+
     # Rollouts: per-row reuse from Parquet batch files.
 
     def put_rows(self, ns: Namespace, rows: pl.DataFrame) -> Path:
-        """Publish a batch of rows (with a `row_key` column); the file is named by the row keys it holds."""
-        name = stable_hash(*sorted(set(rows["row_key"].to_list())))[:32]
-        path = ns.path / f"rows-{name}.parquet"
-        if not path.exists():
-            atomic_write_bytes(path, frame_bytes(rows))
-        return path
+        """Publish a batch of rows (with a `row_key` column), named by the digest of its bytes."""
+        return self._publish(ns.path, "rows-", frame_bytes(rows), ".parquet")
 
     def row_files(self, ns: Namespace) -> list[Path]:
         return sorted(ns.path.glob("rows-*.parquet")) if ns.path.is_dir() else []
 
     def rows(self, ns: Namespace, row_keys: Sequence[str]) -> pl.DataFrame | None:
-        """Every cached row whose key is in `row_keys` (first file in name order wins), or None if none are."""
+        """Every cached row whose key is in `row_keys` (first file in name order wins), or None if none are. Files
+        that fail verification are dropped (see the module docstring)."""
         wanted = pl.Series("row_key", list(set(row_keys)), dtype=pl.String)
-        frames = [
-            pl.read_parquet(io.BytesIO(p.read_bytes())).filter(pl.col("row_key").is_in(wanted))
-            for p in self.row_files(ns)
-        ]
+        frames = []
+        for path in self.row_files(ns):
+            data = self._verified_bytes(path)
+            if data is None:
+                continue
+            try:
+                frame = pl.read_parquet(io.BytesIO(data))
+            except Exception as error:  # noqa: BLE001 - a file that verifies but does not parse: also dropped
+                self._drop(path, f"is not a readable Parquet file ({type(error).__name__})")
+                continue
+            frames.append(frame.filter(pl.col("row_key").is_in(wanted)))
         frames = [f for f in frames if f.height]
         if not frames:
             return None
@@ -121,20 +161,26 @@ class RowCache:
 
     # Gradient features: per-batch reuse from safetensors files.
 
-    def batch_path(self, ns: Namespace, batch_key: str) -> Path:
-        return ns.path / f"batch-{batch_key[:32]}.safetensors"
+    def _batch_files(self, ns: Namespace, batch_key: str) -> list[Path]:
+        return sorted(ns.path.glob(f"batch-{batch_key[:DIGEST_CHARS]}-*.safetensors")) if ns.path.is_dir() else []
+
+    def get_batch(self, ns: Namespace, batch_key: str) -> TensorBundle | None:
+        """The cached batch, or None when it is missing or every copy failed verification."""
+        for path in self._batch_files(ns, batch_key):
+            data = self._verified_bytes(path)
+            if data is None:
+                continue
+            try:
+                return read_artifact(path)
+            except Exception as error:  # noqa: BLE001
+                self._drop(path, f"is not a readable safetensors file ({type(error).__name__})")
+        return None
 
     def has_batch(self, ns: Namespace, batch_key: str) -> bool:
-        return self.batch_path(ns, batch_key).exists()
+        return self.get_batch(ns, batch_key) is not None
 
     def put_batch(self, ns: Namespace, batch_key: str, bundle: TensorBundle) -> Path:
-        path = self.batch_path(ns, batch_key)
-        if not path.exists():
-            atomic_write_bytes(path, bundle_bytes(bundle))
-        return path
-
-    def get_batch(self, ns: Namespace, batch_key: str) -> TensorBundle:
-        return read_artifact(self.batch_path(ns, batch_key))
+        return self._publish(ns.path, f"batch-{batch_key[:DIGEST_CHARS]}-", bundle_bytes(bundle), ".safetensors")
 
     def batch_files(self, ns: Namespace) -> list[Path]:
         return sorted(ns.path.glob("batch-*.safetensors")) if ns.path.is_dir() else []

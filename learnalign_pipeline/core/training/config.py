@@ -77,9 +77,22 @@ class GRPOConfig:
     )
 
     def __post_init__(self) -> None:
+        require(
+            self.num_samples >= 2,
+            "num_samples",
+            f"GRPO scores each rollout against the others of its group: needs >= 2 rollouts per problem (got "
+            f"{self.num_samples}; with 1 every advantage is 0 and nothing is trained)",
+        )
         require(self.temperature > 0, "temperature", "GRPO samples its rollouts: must be > 0")
         require(self.beta >= 0, "beta", "must be >= 0")
         require(self.clip_epsilon > 0, "clip_epsilon", "must be > 0")
+        require(self.advantage_eps > 0, "advantage_eps", "must be > 0 (a group with equal rewards has std 0)")
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
+        require(self.problems_per_step >= 1, "problems_per_step", f"must be >= 1 (got {self.problems_per_step})")
+        require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 disables training states)")
 
     def loss(self, max_new_tokens: int) -> GRPOLossConfig:
         """The loss these settings define, for completions of at most `max_new_tokens` tokens."""
@@ -190,5 +203,10 @@ class PretrainConfig:
     seed: int = setting(0, "seed of initialization and batch order")
 
     def __post_init__(self) -> None:
-        require(self.steps >= 1, "steps", "must be >= 1")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(self.corpus_size >= 1, "corpus_size", f"must be >= 1 (got {self.corpus_size})")
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        bad = {k: v for k, v in self.shortcut_rates.items() if not 0 <= v <= 1}
+        require(not bad, "shortcut_rates", f"shares must be in [0, 1], got {bad}")

@@ -44,7 +44,7 @@ class SubsetsConfig(dg.Config):
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
+@dg.asset(group_name=GROUP, code_version="2", kinds={"polars"}, tags=MANUAL)
 def comparison_subsets(
     config: SubsetsConfig,
     raw_problems: pl.DataFrame,
@@ -75,8 +75,8 @@ def comparison_subsets(
     for method in config.methods:
         for budget in config.budgets:
             for seed in config.seeds:
-                picked, scores = select(method, signals, budget, seed)
-                frame = selection_frame(signals, picked, scores, raw_problems)
+                chosen = select(method, signals, budget, seed)
+                frame = selection_frame(signals, chosen.picked, chosen.scores, raw_problems)
                 frames.append(
                     frame.select("problem_id", "rank", "score", "success_rate", "noisy").with_columns(
                         pl.lit(method).alias("method"), pl.lit(budget).alias("budget"), pl.lit(seed).alias("seed")

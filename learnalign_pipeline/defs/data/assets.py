@@ -2,8 +2,12 @@
 
 Each comes from the embedded arithmetic generator or a user's file (JSONL, Parquet, CSV or an HF `save_to_disk`
 directory; see `core.loaders`). By default (`source="datasets"`) the file is the one the `datasets` resource names
-and the observable sources in `sources.py` watch, so an edit to it re-runs these assets by automation. Rows a file load rejects go to `rejected_problems` with their
-location and reason; `checks.py` fails the run when too many were rejected.
+and the observable sources in `sources.py` watch, so an edit to it re-runs these assets by automation. Rows a file
+load rejects go to `rejected_problems` with their location and reason.
+
+A load that rejects more than `max_rejected_share` of its rows, or accepts none, is refused: the rejected rows are
+still published (they say what is wrong), the problem table is not, and the step fails with the counts. The last
+good table therefore stays the one downstream assets read; a bad file never becomes "latest".
 """
 
 import dataclasses
@@ -34,7 +38,7 @@ class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
         description="datasets: the watched file of the `datasets` resource (generator if unset); arithmetic; file: `path`",
     )
     max_rejected_share: float = Field(
-        default=0.05, description="the blocking check fails above this share of rows rejected"
+        default=0.05, ge=0, le=1, description="the load is refused above this share of rows rejected"
     )
 
     def file_path(self, split: str, datasets: DatasetFiles) -> str:
@@ -52,17 +56,19 @@ class ProblemSourceConfig(config_view(SourceConfig, exclude={"split"})):
 class BenchmarkConfig(ProblemSourceConfig):
     """The held-out test split."""
 
-    num_problems: int = Field(default=1000, description="arithmetic source: problems generated for the benchmark split")
+    num_problems: int = Field(
+        default=1000, ge=1, description="arithmetic source: problems generated for the benchmark split"
+    )
     seed: int = Field(default=2, description="arithmetic source: generator seed of the benchmark split")
 
 
 class PoolConfig(ProblemSourceConfig):
     """The candidate pool; problems that also occur in the benchmark are collapsed as duplicates."""
 
-    num_problems: int = Field(default=1024, description="arithmetic source: problems generated for the pool")
+    num_problems: int = Field(default=1024, ge=1, description="arithmetic source: problems generated for the pool")
     seed: int = Field(default=1, description="arithmetic source: generator seed of the pool")
     noisy_share: float = Field(
-        default=0.0, description="share of pool problems given a wrong gold answer (unreliable rewards)"
+        default=0.0, ge=0, le=1, description="share of pool problems given a wrong gold answer (unreliable rewards)"
     )
     noise_kind: NoiseKind = Field(
         default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold"
@@ -83,6 +89,25 @@ def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclu
 def _summary(result: LoadResult) -> str:
     r = result.report
     return f"{r.accepted} problems ({r.rows_read} read, {r.rejected} rejected, {r.duplicates_collapsed} duplicates)"
+
+
+def _refusal(result: LoadResult, config: ProblemSourceConfig, path: str, asset: str, rejected_asset: str) -> str | None:
+    """Why this load must not become `asset`'s latest table, or None."""
+    r = result.report
+    share = r.rejected / r.rows_read if r.rows_read else 0.0
+    source = path or "the arithmetic generator"
+    if r.accepted == 0:
+        return (
+            f"{source}: no problem accepted ({r.rows_read} rows read, {r.rejected} rejected, {r.duplicates_collapsed} "
+            f"duplicates); {asset} keeps its last good version. See {rejected_asset} for each row's location and reason"
+        )
+    if share > config.max_rejected_share:
+        return (
+            f"{source}: {r.rejected} of {r.rows_read} rows rejected ({share:.2%}), above max_rejected_share "
+            f"{config.max_rejected_share:.2%}; {asset} keeps its last good version. See {rejected_asset} for each "
+            "row's location and reason, fix the file or raise max_rejected_share"
+        )
+    return None
 
 
 def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -> dict:
@@ -122,20 +147,23 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -
 def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig, datasets: DatasetFiles):
     path = config.file_path("test", datasets)
     result = _load(config, datasets, "test", frozenset())
-    if "benchmark_problems" in context.selected_output_names:
-        yield versioned(
-            result.problems,
-            output_name="benchmark_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
     if "benchmark_rejected_problems" in context.selected_output_names:
         yield versioned(
             result.rejected,
             output_name="benchmark_rejected_problems",
             summary=f"{result.rejected.height} rows",
             num_rows=result.rejected.height,
+        )
+    if "benchmark_problems" in context.selected_output_names:
+        refusal = _refusal(result, config, path, "benchmark_problems", "benchmark_rejected_problems")
+        if refusal:
+            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
+        yield versioned(
+            result.problems,
+            output_name="benchmark_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
         )
 
 
@@ -175,14 +203,6 @@ def raw_problems(
             result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed)
         )
     rejected = pl.concat([benchmark_rejected_problems, result.rejected])
-    if "raw_problems" in context.selected_output_names:
-        yield versioned(
-            result.problems,
-            output_name="raw_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
     if "rejected_problems" in context.selected_output_names:
         yield versioned(
             rejected,
@@ -192,4 +212,15 @@ def raw_problems(
             preview=dg.MetadataValue.md(
                 markdown_table(rejected.select("split", "location", "kind", "reason"), max_rows=10)
             ),
+        )
+    if "raw_problems" in context.selected_output_names:
+        refusal = _refusal(result, config, path, "raw_problems", "rejected_problems")
+        if refusal:
+            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
+        yield versioned(
+            result.problems,
+            output_name="raw_problems",
+            summary=_summary(result),
+            **_load_metadata(result, config, path),
+            **problem_summary(result.problems),
         )

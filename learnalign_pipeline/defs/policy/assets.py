@@ -68,7 +68,7 @@ class WarmupConfig(grpo_stage_config(steps=4, problems_per_step=16)):
     """GRPO on a small random subset of the pool before scoring (LearnAlign step 1: cold-start gradients are noisy);
     4 x 16 = one epoch of the subset."""
 
-    subset_size: int = Field(default=64, description="random pool problems the warm-up trains on")
+    subset_size: int = Field(default=64, ge=1, description="random pool problems the warm-up trains on")
 
 
 @dg.asset(group_name="policy", code_version="5", **gpu_step("transformers"))

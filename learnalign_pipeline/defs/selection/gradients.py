@@ -21,7 +21,7 @@ from ...core.selection.stages import FeatureBatch, FeatureStage
 from ...core.storage.artifacts import TensorBundle
 from ...lib.config import config_view, settings
 from ...lib.outputs import versioned
-from ...lib.sharded import NUM_SHARDS, Step, merge_counts, sharded_asset
+from ...lib.sharded import NUM_SHARDS, Step, dropped_files, merge_counts, sharded_asset
 from ...lib.tags import gpu_asset
 from ...lib.training import reference_checkpoint, reference_model
 
@@ -44,7 +44,7 @@ def _stage(step: Step) -> FeatureStage:
     loss = r.grpo_loss.loss_config(task.max_new_tokens)
     policy, reference = step.inputs["warmup_policy"], _reference(step)
     return FeatureStage(
-        r.row_cache.cache(),
+        r.row_cache.cache(warn=step.context.log.warning),
         settings(step.config, FeatureConfig),
         task,
         loss,
@@ -74,7 +74,12 @@ def _shard(step: Step, work: dict) -> dict:
     started = time.perf_counter()
     batches = [FeatureBatch.from_json(b) for b in work["batches"]]
     stats = stage.compute_missing(batches, i["raw_problems"], i["rollouts"], load_models)
-    return {"shard": work["shard"], "stats": stats, "seconds": time.perf_counter() - started}
+    return {
+        "shard": work["shard"],
+        "stats": stats,
+        "seconds": time.perf_counter() - started,
+        "dropped_files": stage.cache.dropped,  # row-cache files that failed verification; their batches recomputed
+    }
 
 
 def _collect(step: Step, manifests: list[dict]):
@@ -122,6 +127,7 @@ def _collect(step: Step, manifests: list[dict]):
         excluded_nonfinite=len(excluded),
         excluded_nonfinite_ids=dg.MetadataValue.json(excluded[:100]),
         problems_per_second=round(computed / seconds, 1) if computed and seconds > 0 else None,
+        row_cache_files_dropped=dg.MetadataValue.json(dropped_files(manifests, stage.cache)),
         projection=config.projection,
         policy=i["warmup_policy"].path.name,
     )

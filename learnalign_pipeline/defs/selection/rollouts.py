@@ -15,7 +15,7 @@ from ...core.selection.config import RolloutConfig
 from ...core.selection.stages import RolloutStage, shard_rows
 from ...lib.config import config_view, settings
 from ...lib.outputs import markdown_table, versioned
-from ...lib.sharded import NUM_SHARDS, Step, merge_counts, sharded_asset
+from ...lib.sharded import NUM_SHARDS, Step, dropped_files, merge_counts, sharded_asset
 from ...lib.tags import gpu_asset
 
 
@@ -28,7 +28,7 @@ def _stage(step: Step) -> RolloutStage:
     settings_ = settings(step.config, RolloutConfig)
     policy = step.inputs["warmup_policy"]
     return RolloutStage(
-        r.row_cache.cache(),
+        r.row_cache.cache(warn=step.context.log.warning),
         settings_,
         r.task.config(),
         policy.path.name,
@@ -55,6 +55,7 @@ def _shard(step: Step, work: dict) -> dict:
         "stats": stats,
         "seconds": time.perf_counter() - started,
         "verifier_stats": getattr(verifier, "stats", {}),  # math-verify timeouts and parse failures
+        "dropped_files": stage.cache.dropped,  # row-cache files that failed verification; their rows regenerated
     }
 
 
@@ -89,6 +90,7 @@ def _collect(step: Step, manifests: list[dict]):
         num_shards=len(manifests),
         row_cache=dg.MetadataValue.path(str(stage.namespace.path)),
         verifier_stats=dg.MetadataValue.json(merge_counts(manifests, "verifier_stats")),
+        row_cache_files_dropped=dg.MetadataValue.json(dropped_files(manifests, stage.cache)),
     )
     yield versioned(
         rates,

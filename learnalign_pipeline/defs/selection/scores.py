@@ -8,8 +8,8 @@ import torch
 
 from ...core.data.noise import noisy_flags
 from ...core.selection.config import AlignmentConfig, SelectionConfig
-from ...core.selection.methods import SelectionSignals, select
-from ...core.selection.scoring import alignment_matrix, learnability, learnalign_scores, top_n
+from ...core.selection.methods import NoLearnableProblems, SelectionSignals, select
+from ...core.selection.scoring import alignment_matrix, learnability, learnalign_scores
 from ...core.storage.artifacts import TensorBundle
 from ...lib.config import config_view
 from ...lib.outputs import markdown_table, versioned
@@ -125,8 +125,9 @@ class SelectionRunConfig(config_view(SelectionConfig)):
     """The subset RL trains on (core/selection/config.py SelectionConfig)."""
 
 
-@dg.asset(group_name="selection", code_version="2", kinds={"polars"})
+@dg.asset(group_name="selection", code_version="3", kinds={"polars"})
 def selected_subset(
+    context: dg.AssetExecutionContext,
     config: SelectionRunConfig,
     alignment_scores: pl.DataFrame,
     success_rates: pl.DataFrame,
@@ -134,29 +135,40 @@ def selected_subset(
     raw_problems: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
     """The top-N problems by the configured method's score (ties broken by problem id), with rank, score and a
-    `noisy` flag (problems whose gold answer the pool config corrupted)."""
+    `noisy` flag (problems whose gold answer the pool config corrupted). Learnability and gradient methods select
+    only learnable problems (0 < p < 1), so the subset is smaller than N when the pool has fewer; a pool without
+    any learnable problem fails the run with the counts (core/selection/methods.py)."""
     if config.method in COMPARISON_ONLY:
         raise ValueError(f"method {config.method!r} needs signals from the comparison group: use comparison_subsets")
     signals = pool_signals(success_rates, projected_gradients)
+    own = None
     if config.method == "learnalign":  # the stage's own alignment asset (include_self etc. configured there)
         order = {pid: i for i, pid in enumerate(signals.problem_ids)}
-        scores = torch.zeros(len(order), dtype=torch.float64)
-        scores[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(
+        own = torch.zeros(len(order), dtype=torch.float64)
+        own[[order[p] for p in alignment_scores["problem_id"]]] = torch.tensor(
             alignment_scores["score"].to_numpy(), dtype=torch.float64
         )
-        picked = top_n(scores, signals.problem_ids, config.budget)
-    else:
-        picked, scores = select(config.method, signals, config.budget, config.seed)
-    subset = selection_frame(signals, picked, scores, raw_problems)
+    try:
+        chosen = select(config.method, signals, config.budget, config.seed, scores=own)
+    except NoLearnableProblems as error:
+        raise dg.Failure(description=str(error), metadata={"problems": len(signals.problem_ids)}) from error
+    if chosen.shortfall:
+        context.log.warning(chosen.shortfall)
+    subset = selection_frame(signals, chosen.picked, chosen.scores, raw_problems)
     by_category = subset.group_by("category").len().sort("category")
     return versioned(
         subset,
-        summary=f"{subset.height} problems by {config.method}, mean p {subset['success_rate'].mean() if subset.height else 0:.2f}",
+        summary=f"{subset.height} problems by {config.method} ({chosen.learnable_selected} learnable of "
+        f"{chosen.learnable_in_pool} in the pool), mean p {subset['success_rate'].mean():.2f}"
+        + (f"; {chosen.shortfall}" if chosen.shortfall else ""),
         method=config.method,
         budget=config.budget,
         selected=subset.height,
-        noisy_share=float(subset["noisy"].mean()) if subset.height else 0.0,
-        mean_success_rate=float(subset["success_rate"].mean()) if subset.height else None,
+        learnable_selected=chosen.learnable_selected,
+        learnable_in_pool=chosen.learnable_in_pool,
+        budget_shortfall=chosen.shortfall or "",
+        noisy_share=float(subset["noisy"].mean()),
+        mean_success_rate=float(subset["success_rate"].mean()),
         category_counts=dg.MetadataValue.json(
             dict(zip(by_category["category"].to_list(), by_category["len"].to_list()))
         ),
