@@ -6,6 +6,8 @@
     learnalign compare  every selection method x budget x seed on the demo's materialized pool (after `demo`),
                         then print the comparison table (asset `comparison_report`)
     learnalign curriculum  GradAlign's adaptive curriculum, one selection and one checkpoint per round (after `demo`)
+    learnalign dataset  pool|benchmark PATH [--format ...]: the file the daily loop reads (also `show`, `clear`)
+    learnalign observe  observe the dataset files now; learnalign train-now: open the training window now
 
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
 `demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
@@ -20,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_loop
+from .cli_loop import LOOP_COMMANDS
 from .paths import project_home
 
 DAGSTER_YAML = """\
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum"])
+    parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum", *LOOP_COMMANDS])
     parser.add_argument("--preset", default="demo", help="run-config preset (learnalign_pipeline/presets.py)")
     parser.add_argument(
         "--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory"
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment()
     if args.command == "dev":
         return dev(rest)
+    if args.command in LOOP_COMMANDS:
+        return cli_loop.main(args.command, rest)
     if args.command == "report":
         print(latest_benchmark_table())
         return 0

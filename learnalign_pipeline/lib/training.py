@@ -11,14 +11,16 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from ..core.evaluation.charts import CURVES, training_curves
 from ..core.policy.model import TinyPolicyConfig, count_parameters, load_policy, save_policy
 from ..core.storage.artifacts import Checkpoint, content_digest
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, PretrainConfig
 from ..core.training.grpo import GRPOLossConfig
 from ..core.training.resume import ResumeDirectory, resume_key
 from ..core.training.trainer import train_grpo
+from .charts import image, present, table
 from .config import config_view, settings
-from .outputs import markdown_table, versioned
+from .outputs import versioned
 from .progress import step_progress
 from .resources import ArtifactStore, GRPOLoss, TaskSettings
 
@@ -80,16 +82,30 @@ def publish_checkpoint(
     # Wall-clock times stay out of the checkpoint so identical training gives an identical digest.
     log.drop("seconds", strict=False).write_parquet(staging / "training_log.parquet")
     (staging / "training_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    every = max(1, log.height // 10)
-    curve = log.filter(pl.col("step") % every == 0) if log.height else log
     return versioned(
         Checkpoint(staging),
         output_name=output_name,
         parameters=count_parameters(model),
         training_steps=log.height,
-        training_curve=dg.MetadataValue.md(markdown_table(curve, max_rows=12)),
+        **training_metadata(log, "training curves"),
         **metadata,
     )
+
+
+def training_metadata(log: pl.DataFrame, title: str) -> dict:
+    """Every step's curves as an image, the last step's values as numbers (plotted across materializations in the
+    UI), and a table of every tenth step with the last one."""
+    if not log.height:
+        return {}
+    every = max(1, log.height // 10)
+    rows = log.filter((pl.col("step") % every == 0) | (pl.col("step") == log["step"].max()))
+    last = log.tail(1).row(0, named=True)
+    numbers = {f"last_{k}": float(last[k]) for k in CURVES if k in last and last[k] is not None}
+    return {
+        **present(training_curves=image(training_curves(log, title), title)),
+        **numbers,
+        "training_log": table(rows.select([c for c in ("step", *CURVES) if c in rows.columns]), max_rows=12),
+    }
 
 
 def train_from(start: Checkpoint, base: Checkpoint, grpo: GRPOConfig, problems, task: TaskSettings, **train_options):

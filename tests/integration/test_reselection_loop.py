@@ -97,20 +97,19 @@ def test_a_code_version_bump_makes_only_that_asset_stale_and_recomputes_only_it(
     counts = {k: loop.materializations(k) for k in status}
     below = {"learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset"}
     before = {k: loop.version(k) for k in below}
-    loop.run(stale, TINY)  # "Materialize unsynced"
+    bumped_loop = Loop(bumped, loop.instance, loop.datasets)
+    bumped_loop.cursor, bumped_loop.time = loop.cursor, loop.time
+    bumped_loop.run(stale, TINY)  # "Materialize unsynced"
     assert {k for k in status if loop.materializations(k) != counts[k]} == {"learnability_scores"}
     assert loop.version("learnability_scores") == before["learnability_scores"]  # same bytes, same data version
     after = stale_status(bumped, loop.instance)
     assert {k for k, s in after.items() if s == StaleStatus.STALE} == set()  # nothing below became stale
 
     # Automation sees the new code version too: the asset and the path below it, in one tick (one run), once.
-    bumped_loop = Loop(bumped, loop.instance, loop.datasets)
-    bumped_loop.cursor, bumped_loop.time = loop.cursor, loop.time
     assert bumped_loop.tick() == below
     bumped_loop.run(below, TINY)
     assert bumped_loop.tick() == set()
     assert {k: loop.version(k) for k in below} == before  # every output byte-identical
-    loop.cursor, loop.time = bumped_loop.cursor, bumped_loop.time
 
 
 def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(world):
@@ -140,12 +139,15 @@ def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(w
     status = stale_status(loop.defs, loop.instance)
     assert {k for k in affected - GATED if status[k] == StaleStatus.STALE} == set()
 
-    # Training is gated: nothing until the nightly window opens at 02:00 UTC, then it is requested (its input
-    # changed); the window stays open for the benchmark that follows it, and closes at 06:00.
+    # Training is gated: nothing until the nightly window opens at 02:00 UTC. Then the steps whose inputs changed
+    # during the day are requested: the warm-up policy (it trains on pool problems), with the selection path below it
+    # in the same run (re-scored under the new warm-up policy), GRPO training and the benchmark; the pool's tables
+    # and pre-training, whose inputs did not change, are not.
     next_two = (loop.time + datetime.timedelta(days=1)).replace(hour=2, minute=1)
     if next_two - loop.time > datetime.timedelta(days=1):
         next_two -= datetime.timedelta(days=1)
     assert loop.tick() == set()
-    requested = loop.tick(minutes=(next_two - loop.time).total_seconds() / 60)
-    assert "trained_policy" in requested and not requested & (affected - GATED)
+    requested = loop.tick(minutes=(next_two - loop.time).total_seconds() / 60) - {"pool_dataset", "benchmark_dataset"}
+    below_warmup = PATH - {"raw_problems", "rejected_problems"}
+    assert requested == {"warmup_policy", "trained_policy", "benchmark_results"} | below_warmup, requested
     assert loop.tick(minutes=1) == set()  # requested once: handled, not re-requested while the window is open
