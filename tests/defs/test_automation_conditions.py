@@ -209,10 +209,26 @@ def test_observing_the_training_window_opens_it_until_its_close():
         assert "trained" not in ticks.at(DAY.replace(hour=6, minute=1) + datetime.timedelta(days=1))  # closed
 
 
+@pytest.mark.parametrize(
+    ("hours", "inside", "outside"),
+    [((2, 6), [2, 5], [1, 6, 12]), ((15, 16), [15], [7, 14, 16]), ((22, 4), [22, 23, 0, 3], [4, 12, 21])],
+)
+def test_the_window_opener_ticks_inside_the_window_only(hours, inside, outside):
+    # Through Dagster's own cron iterator (private, pinned 1.13.27): it reads a one-hour range "15-15" as every
+    # hour, which once opened a 15:00-16:00 window at 07:35.
+    from dagster._utils.schedules import reverse_cron_string_iterator
+
+    opener, close = _window_crons(hours)
+    assert close == f"0 {hours[1]} * * *"
+    for hour in inside + outside:
+        now = DAY.replace(hour=hour, minute=30)
+        tick = next(
+            reverse_cron_string_iterator(end_timestamp=now.timestamp(), cron_string=opener, execution_timezone="UTC")
+        )
+        assert (tick == now.replace(minute=30, second=0)) == (hour in inside), (hours, hour, tick)
+
+
 def test_window_setting():
     assert training_window_hours("02-06") == (2, 6)
-    assert _window_crons((2, 6)) == ("* 2-5 * * *", "0 6 * * *")
-    assert _window_crons((22, 4)) == ("* 22-23,0-3 * * *", "0 4 * * *")
-    assert _window_crons((22, 0)) == ("* 22-23 * * *", "0 0 * * *")
     with pytest.raises(ValueError, match="LEARNALIGN_TRAINING_WINDOW"):
         training_window_hours("2am")

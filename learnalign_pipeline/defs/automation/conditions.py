@@ -50,10 +50,11 @@ def window_text(hours: tuple[int, int]) -> str:
 
 def _window_crons(hours: tuple[int, int]) -> tuple[str, str]:
     """A cron that ticks every minute inside the window (so a daemon started inside it opens it within a minute,
-    not tomorrow: a cron condition is false on a sensor's first evaluation) and the cron of its close."""
+    not tomorrow: a cron condition is false on a sensor's first evaluation) and the cron of its close. The hours
+    are listed one by one: dagster 1.13.27's reverse cron iterator treats a one-hour range "15-15" as every hour."""
     start, end = hours
-    inside = f"{start}-{end - 1}" if start < end else f"{start}-23" + (f",0-{end - 1}" if end else "")
-    return f"* {inside} * * *", f"0 {end} * * *"
+    inside = [h % 24 for h in range(start, end if start < end else end + 24)]
+    return f"* {','.join(str(h) for h in sorted(inside))} * * *", f"0 {end} * * *"
 
 
 def loop_busy(keys: Iterable[str]) -> dg.AutomationCondition:
