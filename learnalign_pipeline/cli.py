@@ -104,14 +104,20 @@ def latest_comparison_table() -> str:
 
 def dev(extra: list[str]) -> int:
     """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly."""
+    from .lib.console import QUIET_ENV
+
+    for key, value in QUIET_ENV.items():  # no weight-loading bars from the daemon's run workers
+        os.environ.setdefault(key, value)
     dg_cli = Path(sys.executable).with_name("dg")
     command = [str(dg_cli) if dg_cli.exists() else "dg", "dev", *extra]
     process = subprocess.Popen(command)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.wait()
-        return 0
+    interrupted = False
+    while True:
+        try:
+            code = process.wait()
+            return 0 if interrupted else code
+        except KeyboardInterrupt:  # dg got the same Ctrl-C and stops its services: wait for it, however often pressed
+            interrupted = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,6 @@ def main() -> int:
         bootstrap,
         far_from_now_window,
         in_progress,
-        observations,
         python_bin,
         run_summary,
         settled_subset,
@@ -68,7 +67,9 @@ def main() -> int:
         LEARNALIGN_GATED_CRON="0 0 1 1 *",  # the window of versions before LEARNALIGN_TRAINING_WINDOW: never here
         LEARNALIGN_GATED_CLOSE_CRON="0 1 1 1 *",
     )
-    daemon = Service([python_bin("dagster-daemon"), "run", "-w", str(code / "workspace.yaml")], env, root / "daemon.log", cwd=code)
+    daemon = Service(
+        [python_bin("dagster-daemon"), "run", "-w", str(code / "workspace.yaml")], env, root / "daemon.log", cwd=code
+    )
     result: dict = {"code": str(code), "pool": args.pool, "removed": args.remove, "added": args.add}
     try:
         with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
@@ -86,7 +87,9 @@ def main() -> int:
                 result["observed_by"] = f"hand, after {args.observe_after:.0f} s without an observation"
             observed = _changed(instance, edited).timestamp
             print(f"observed ({result['observed_by']}) {observed - edited:.0f} s after the edit", flush=True)
-            record = wait_for(lambda: settled_subset(instance, edited), args.timeout, "a settled subset", daemon, poll=3)
+            record = wait_for(
+                lambda: settled_subset(instance, edited), args.timeout, "a settled subset", daemon, poll=3
+            )
             settled = record.timestamp
             runs = run_summary(instance, edited)
             result.update(
@@ -97,7 +100,11 @@ def main() -> int:
                 failed_runs=len([r for r in runs if r["status"] == "FAILURE"]),
                 subset_materializations=len([r for r in runs if "selected_subset" in r["assets"]]),
                 load_average=os.getloadavg(),
-                run_list=[(r["status"], r["assets"]) for r in runs if r["created"] < settled and r["assets"] != ["pool_dataset"]],
+                run_list=[
+                    (r["status"], r["assets"])
+                    for r in runs
+                    if r["created"] < settled and r["assets"] != ["pool_dataset"]
+                ],
             )
     finally:
         daemon.interrupt()

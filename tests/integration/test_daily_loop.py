@@ -141,22 +141,24 @@ def test_an_edited_pool_is_reselected_by_itself_with_no_interim_subset(loop):
     print(f"edit -> settled subset: {took:.0f} s; runs: {[(r['assets'], r['status']) for r in runs]}")
 
 
-def _chart(driver, key: str) -> dict:
-    """Click "[Show Markdown]" in the metadata row of `key` and measure the image the dialog shows."""
+def _chart(driver, key: str) -> int:
+    """Click "[Show Markdown]" in the metadata row of `key`; the natural width of the PNG the dialog shows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     row = driver.find_element(By.XPATH, f"//tr[td[normalize-space()='{key}']]")
-    link = row.find_element(By.XPATH, ".//*[normalize-space()='[Show Markdown]']")
-    driver.execute_script("arguments[0].click()", link)
+    driver.execute_script(
+        "arguments[0].click()", row.find_element(By.XPATH, ".//a[normalize-space()='[Show Markdown]']")
+    )
+    dialog = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog]"))[0]
     image = WebDriverWait(driver, 30).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog] img[src^='data:image/png']")
+        lambda d: dialog.find_elements(By.CSS_SELECTOR, "img[src^='data:image/png']")
     )[0]
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0)
-    size = {"width": driver.execute_script("return arguments[0].naturalWidth", image)}
-    driver.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape closes the dialog
-    WebDriverWait(driver, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog] img"))
-    return size
+    width = driver.execute_script("return arguments[0].naturalWidth", image)
+    dialog.find_element(By.XPATH, ".//button[normalize-space()='Close']").click()
+    WebDriverWait(driver, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog]"))
+    return width
 
 
 @requires_browser
@@ -171,7 +173,7 @@ def test_the_subset_and_policy_pages_show_their_charts(loop, tmp_path):
             driver, f"{url}/assets/selected_subset?view=events", "//td[normalize-space()='subset_vs_pool_by_family']"
         )
         for key in ("subset_vs_pool_by_p", "subset_vs_pool_by_family", "score_histogram"):
-            assert _chart(driver, key)["width"] > 200, key
+            assert _chart(driver, key) > 200, key
         text = driver.find_element(By.TAG_NAME, "body").text
         for label in ("cutoff_score", "by_family", "entered", "changes"):
             assert label in text, label
@@ -184,7 +186,7 @@ def test_the_subset_and_policy_pages_show_their_charts(loop, tmp_path):
         driver.save_screenshot(str(tmp_path / "selected_subset_plots.png"))
 
         open_ui_page(driver, f"{url}/assets/trained_policy?view=events", "//td[normalize-space()='training_curves']")
-        assert _chart(driver, "training_curves")["width"] > 200
+        assert _chart(driver, "training_curves") > 200
         text = driver.find_element(By.TAG_NAME, "body").text
         for label in ("last_reward_mean", "last_kl", "last_grad_norm", "last_frac_reward_zero_std", "training_log"):
             assert label in text, label
