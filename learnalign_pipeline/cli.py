@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -103,21 +104,30 @@ def latest_comparison_table() -> str:
 
 
 def dev(extra: list[str]) -> int:
-    """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly."""
+    """`dg dev` from this interpreter's environment (no activated venv needed). Ctrl-C reaches only this process
+    (dg runs in a session of its own), which asks dg once to stop: dg then shuts the webserver, the daemon and the
+    code servers down in order. Sent to all of them at once, as a terminal does, they race (a code server cleaning
+    up while the daemon still calls it prints tracebacks), and in-flight runs die as failures; here they finish."""
     from .lib.console import QUIET_ENV
 
     for key, value in QUIET_ENV.items():  # no weight-loading bars from the daemon's run workers
         os.environ.setdefault(key, value)
     dg_cli = Path(sys.executable).with_name("dg")
     command = [str(dg_cli) if dg_cli.exists() else "dg", "dev", *extra]
-    process = subprocess.Popen(command)
-    interrupted = False
-    while True:
-        try:
-            code = process.wait()
-            return 0 if interrupted else code
-        except KeyboardInterrupt:  # dg got the same Ctrl-C and stops its services: wait for it, however often pressed
-            interrupted = True
+    process = subprocess.Popen(command, start_new_session=True)
+    stopping = False
+
+    def stop(signum, frame) -> None:  # Ctrl-C, kill, or the terminal closing: ask dg once, then wait for it
+        nonlocal stopping
+        if not stopping:
+            print("stopping the Dagster services (runs in flight finish in the background)...", flush=True)
+            process.send_signal(signal.SIGINT)
+        stopping = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # set explicitly: an inherited SIG_IGN would
+        signal.signal(signum, stop)  # otherwise leave dg running alone in its session
+    code = process.wait()
+    return 0 if stopping else code
 
 
 def main(argv: list[str] | None = None) -> int:
