@@ -6,6 +6,8 @@
     learnalign compare  every selection method x budget x seed on the demo's materialized pool (after `demo`),
                         then print the comparison table (asset `comparison_report`)
     learnalign curriculum  GradAlign's adaptive curriculum, one selection and one checkpoint per round (after `demo`)
+    learnalign dataset  pool|benchmark PATH [--format ...]: the file the daily loop reads (also `show`, `clear`)
+    learnalign observe  observe the dataset files now; learnalign train-now: open the training window now
 
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
 `demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from . import cli_loop
+from .cli_loop import LOOP_COMMANDS
 from .paths import project_home
 
 DAGSTER_YAML = """\
@@ -120,34 +125,49 @@ def latest_comparison_table() -> str:
 
 
 def dev(extra: list[str], recover_every_s: float = 30.0) -> int:
-    """`dg dev` from this interpreter's environment (no activated venv needed); Ctrl-C stops it quietly. While it
-    runs, runs launched from the UI or by automation whose process died are recovered every `recover_every_s`."""
+    """`dg dev` from this interpreter's environment (no activated venv needed). While it runs, runs launched from
+    the UI or by automation whose process died are recovered every `recover_every_s`. Ctrl-C reaches only this
+    process (dg runs in a session of its own), which asks dg once to stop: dg then shuts the webserver, the daemon
+    and the code servers down in order. Sent to all of them at once, as a terminal does, they race (a code server
+    cleaning up while the daemon still calls it prints tracebacks), and in-flight runs die as failures; here they
+    finish."""
     import dagster as dg
 
+    from .lib.console import QUIET_ENV
     from .lib.runs import recover_dead_runs
 
+    for key, value in QUIET_ENV.items():  # no weight-loading bars from the daemon's run workers
+        os.environ.setdefault(key, value)
     dg_cli = Path(sys.executable).with_name("dg")
     command = [str(dg_cli) if dg_cli.exists() else "dg", "dev", *extra]
-    process = subprocess.Popen(command)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            while process.poll() is None:
+    process = subprocess.Popen(command, start_new_session=True)
+    stopping = False
+
+    def stop(signum, frame) -> None:  # Ctrl-C, kill, or the terminal closing: ask dg once, then wait for it
+        nonlocal stopping
+        if not stopping:
+            print("stopping the Dagster services (runs in flight finish in the background)...", flush=True)
+            process.send_signal(signal.SIGINT)
+        stopping = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # set explicitly: an inherited SIG_IGN would
+        signal.signal(signum, stop)  # otherwise leave dg running alone in its session
+    with dg.DagsterInstance.get() as instance:
+        while process.poll() is None:
+            if not stopping:
                 recover_dead_runs(instance, say=lambda line: print(f"learnalign: {line}", flush=True))
-                try:
-                    process.wait(timeout=recover_every_s)
-                except subprocess.TimeoutExpired:
-                    pass
-        return process.returncode
-    except KeyboardInterrupt:
-        process.wait()
-        return 0
+            try:
+                process.wait(timeout=recover_every_s)
+            except subprocess.TimeoutExpired:
+                pass
+    return 0 if stopping else process.returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum"])
+    parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum", *LOOP_COMMANDS])
     parser.add_argument("--preset", default="demo", help="run-config preset (learnalign_pipeline/presets.py)")
     parser.add_argument(
         "--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory"
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment()
     if args.command == "dev":
         return dev(rest)
+    if args.command in LOOP_COMMANDS:
+        return cli_loop.main(args.command, rest)
     if args.command == "report":
         print(latest_benchmark_table())
         return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from .defs.automation.conditions import with_automation
+from .lib.executors import default_executor
 from .lib.resources import bind_resources
 
 # Groups with their own jobs (`learnalign compare`, `learnalign curriculum`), not part of the pipeline run.
@@ -17,8 +18,10 @@ EXTRA_GROUPS = ("comparison", "curriculum")
 # built from and the automation sensor's next observation of unchanged files re-runs nothing.
 learnalign_job = dg.define_asset_job(
     "learnalign_job",
-    selection=dg.AssetSelection.all(include_sources=True) - dg.AssetSelection.groups(*EXTRA_GROUPS),
+    # Not `training_window`: observing it opens the nightly window.
+    selection=dg.AssetSelection.all(include_sources=True) - dg.AssetSelection.groups(*EXTRA_GROUPS, "automation"),
     description="The whole LearnAlign pipeline.",
+    executor_def=dg.multi_or_in_process_executor,  # the CLI runs it in process; `dg launch` in step processes
 )
 
 
@@ -26,7 +29,9 @@ learnalign_job = dg.define_asset_job(
 def defs() -> dg.Definitions:
     folder = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     return with_automation(
-        dg.Definitions.merge(folder, dg.Definitions(jobs=[learnalign_job], resources=bind_resources()))
+        dg.Definitions.merge(
+            folder, dg.Definitions(jobs=[learnalign_job], resources=bind_resources(), executor=default_executor())
+        )
     )
 
 

@@ -39,3 +39,41 @@ requires_browser = _requires(
     f"no Chromium at {CHROMIUM} / {CHROMEDRIVER} (Debian packages chromium, chromium-driver)",
 )
 requires_gpu = _requires(pytest.mark.gpu, torch.cuda.is_available(), "", "no CUDA device")
+
+# Debian's headless Chromium in a container: no sandbox, no GPU, nothing fetched from the network.
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1800,1000",
+]
+
+
+def chrome(profile_dir: str):
+    """A headless Chromium driven through chromedriver (selenium, the test extra)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def open_ui_page(driver, url: str, ready_xpath: str, timeout: float = 120) -> None:
+    """Open a Dagster UI page and wait until `ready_xpath` matches."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    # The UI opens a "Join the community" dialog on a first local visit; mark it dismissed as its Skip button does.
+    driver.execute_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
+    driver.get(url)
+    WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.XPATH, ready_xpath))

@@ -27,12 +27,19 @@ CONSOLE_TAG = "learnalign/console"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+# Read by the libraries at import, in this process and every process it starts (`learnalign dev`'s run workers).
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
+
 def quiet_libraries() -> None:
     """No warnings, weight-loading bars or info logs from the libraries on the console (they stay in the UI)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore")
     for name in ("dagster", "transformers", "vllm", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)

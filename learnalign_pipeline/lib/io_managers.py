@@ -16,6 +16,7 @@ from ..core.storage.artifacts import (
     read_artifact,
     write_artifact,
 )
+from .charts import column_schema
 
 STEP_IO_MANAGER = "step_io_manager"
 
@@ -34,9 +35,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
         metadata: dict = {"path": dg.MetadataValue.path(str(path)), "sha256": digest}
         if isinstance(obj, pl.DataFrame):
             metadata["dagster/row_count"] = obj.height
-            metadata["dagster/column_schema"] = dg.TableSchema(
-                columns=[dg.TableColumn(name, str(dtype)) for name, dtype in obj.schema.items()]
-            )
+            metadata["dagster/column_schema"] = column_schema(obj)  # with each column's meaning
         elif isinstance(obj, TensorBundle):
             metadata["tensors"] = dg.MetadataValue.json(
                 {k: [str(v.dtype), list(v.shape)] for k, v in obj.tensors.items()}

@@ -8,6 +8,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from ..core.storage.artifacts import content_digest
+from .charts import significant
 
 SUMMARY_KEY = "summary"  # a one-line key figure per stage; the CLI prints it when the stage ends
 
@@ -17,6 +18,7 @@ def versioned(value, *, output_name: str = "result", summary: str | None = None,
     however often it is recomputed. `summary` is the stage's key figure in words, for the console and the UI."""
     if summary is not None:
         metadata[SUMMARY_KEY] = summary
+    metadata = {k: significant(v) if isinstance(v, float) else v for k, v in metadata.items()}  # UI prints 17 digits
     return dg.Output(
         value, output_name=output_name, data_version=dg.DataVersion(content_digest(value)), metadata=metadata
     )

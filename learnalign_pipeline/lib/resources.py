@@ -17,6 +17,8 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
 from ..core.compute import ComputeConfig
+from ..core.data.datasets import read_datasets
+from ..core.data.loaders import SourceConfig
 from ..core.policy.generation import GenerationBackend, TransformersBackend
 from ..core.policy.model import load_policy
 from ..core.policy.vllm_backend import VLLMBackend, VLLMConfig
@@ -30,6 +32,10 @@ from ..paths import project_home
 from .config import config_view, settings
 from .io_managers import STEP_IO_MANAGER, ArtifactIOManager, JsonStepIOManager
 from .runs import staging_name
+
+DATASETS_FILE = (
+    "datasets.json"  # under LEARNALIGN_HOME: `learnalign dataset` writes it, the `datasets` resource reads it
+)
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -127,7 +133,9 @@ class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource)):
 
 class DatasetFiles(dg.ConfigurableResource):
     """The dataset files the problem splits read when their config has `source="datasets"` (the default), and the
-    observable sources watch. An empty path means the embedded arithmetic generator."""
+    observable sources watch. The settings file (`learnalign dataset`) is read at every observation and load, so a
+    new path or column mapping needs no restart; a split it does not name uses the path given here (environment),
+    and an empty path means the embedded arithmetic generator."""
 
     pool_path: str = Field(
         default="", description="candidate pool: local path or fsspec URL; empty = embedded generator"
@@ -135,9 +143,27 @@ class DatasetFiles(dg.ConfigurableResource):
     benchmark_path: str = Field(
         default="", description="held-out split: local path or fsspec URL; empty = embedded generator"
     )
+    settings_file: str = Field(
+        default="",
+        description="datasets.json written by `learnalign dataset` (path and column mapping per split); wins over the paths above",
+    )
+
+    def configured(self, split: str) -> SourceConfig | None:
+        """The split's entry of the settings file, with its column mapping, or None."""
+        return read_datasets(Path(self.settings_file)).get(split) if self.settings_file else None
 
     def path_for(self, split: str) -> str:
-        return {"pool": self.pool_path, "test": self.benchmark_path}[split]
+        configured = self.configured(split)
+        return configured.path if configured else {"pool": self.pool_path, "test": self.benchmark_path}[split]
+
+    def origin(self, split: str) -> str:
+        if self.configured(split):
+            return f"settings file {self.settings_file}"
+        if self.path_for(split):
+            return (
+                "environment (LEARNALIGN_POOL_PATH)" if split == "pool" else "environment (LEARNALIGN_BENCHMARK_PATH)"
+            )
+        return "embedded generator"
 
 
 def bind_resources() -> dict:
@@ -159,5 +185,6 @@ def bind_resources() -> dict:
         "datasets": DatasetFiles(
             pool_path=os.environ.get("LEARNALIGN_POOL_PATH", ""),
             benchmark_path=os.environ.get("LEARNALIGN_BENCHMARK_PATH", ""),
+            settings_file=str(home / DATASETS_FILE),
         ),
     }

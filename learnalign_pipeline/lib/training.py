@@ -25,6 +25,7 @@ import torch
 import learnalign_pipeline
 
 from ..core.compute import ComputeConfig
+from ..core.evaluation.charts import CURVES, training_curves
 from ..core.policy.model import TinyPolicyConfig, load_policy, save_policy
 from ..core.storage.artifacts import Checkpoint, content_digest
 from ..core.storage.hashing import settings_hash
@@ -32,8 +33,9 @@ from ..core.task.config import TaskConfig
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, PretrainConfig, TrainerConfig
 from ..core.training.grpo import GRPOLossConfig
 from ..core.training.trl_engine import ROLLOUT_RECORDS, Launch, TRLRun
+from .charts import image, present, table
 from .config import config_view, settings
-from .outputs import markdown_table, versioned
+from .outputs import versioned
 from .progress import step_progress
 from .resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 
@@ -108,16 +110,30 @@ def finish_checkpoint(staging: Path, history: list[dict], config: dict, *, outpu
     with its parameter count and training curve as metadata."""
     (staging / "training_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     log = pl.DataFrame(history) if history else pl.DataFrame({"step": []}, schema={"step": pl.Int64})
-    every = max(1, log.height // 10)
-    curve = log.filter(pl.col("step") % every == 0) if log.height else log
     return versioned(
         Checkpoint(staging),
         output_name=output_name,
         parameters=_parameter_count(staging),
         training_steps=log.height,
-        training_curve=dg.MetadataValue.md(markdown_table(curve, max_rows=12)),
+        **training_metadata(log, "training curves"),
         **metadata,
     )
+
+
+def training_metadata(log: pl.DataFrame, title: str) -> dict:
+    """Every step's curves as an image, the last step's values as numbers (plotted across materializations in the
+    UI), and a table of every tenth step with the last one."""
+    if not log.height:
+        return {}
+    every = max(1, log.height // 10)
+    rows = log.filter((pl.col("step") % every == 0) | (pl.col("step") == log["step"].max()))
+    last = log.tail(1).row(0, named=True)
+    numbers = {f"last_{k}": float(last[k]) for k in CURVES if k in last and last[k] is not None}
+    return {
+        **present(training_curves=image(training_curves(log, title), title)),
+        **numbers,
+        "training_log": table(rows.select([c for c in ("step", *CURVES) if c in rows.columns]), max_rows=12),
+    }
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,30 @@ def test_a_huge_row_is_rejected_without_being_read_whole(tmp_path, suffix):
     assert result.rejected["kind"].to_list() == ["oversized"]
     assert result.rejected["location"].to_list() == ["hostile.jsonl:2" if suffix == "jsonl" else "hostile.csv:row 1"]
     assert len(result.rejected["raw"][0]) <= 500  # a preview, not the row
+
+
+def test_every_format_takes_a_family_column_and_gsm8k_rows_get_their_step_count(tmp_path):
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    rows = [
+        {"question": "Two steps?", "answer": "1+1=2\n2+2=4\n#### 4", "topic": "sums"},
+        {"question": "Seven steps?", "answer": "a\nb\nc\nd\ne\nf\ng\n#### 7", "topic": "long"},
+    ]
+    gsm8k.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    default = load_problems(SourceConfig(str(gsm8k), format="gsm8k"))
+    assert default.problems["category"].to_list() == ["steps_2", "steps_6+"]
+    assert json.loads(default.problems["extra"][0]) == {"topic": "sums"}
+    mapped = load_problems(SourceConfig(str(gsm8k), format="gsm8k", category_column="topic"))
+    assert mapped.problems["category"].to_list() == ["sums", "long"]
+    assert json.loads(mapped.problems["extra"][0]) == {}  # the column became the family, not an extra field
+
+    math = tmp_path / "math.jsonl"
+    math.write_text("\n".join(json.dumps(r) for r in MATH_ROWS) + "\n")
+    by_level = load_problems(SourceConfig(str(math), format="math", category_column="level"))
+    assert by_level.problems["category"].to_list() == ["Level 1", "Level 2", "Level 1"]
+
+
+def test_real_gsm8k_families_are_step_counts():
+    result = load_problems(SourceConfig(str(GSM8K / "test.jsonl"), format="gsm8k", split="test"))
+    counts = dict(result.problems.group_by("category").len().iter_rows())
+    assert set(counts) <= {"steps_1", "steps_2", "steps_3", "steps_4", "steps_5", "steps_6+"}
+    assert counts["steps_2"] > 100 and counts["steps_6+"] > 10 and None not in counts

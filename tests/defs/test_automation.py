@@ -56,17 +56,19 @@ def test_unchanged_dataset_triggers_nothing_and_an_edit_reruns_exactly_what_it_a
     loop.observe()  # same bytes, new observation events
     assert loop.tick() == set()
 
-    # An edit that leaves the problem table unchanged (a duplicate line): the load re-runs, but its content-hash
-    # data version is unchanged, so nothing below it is requested.
+    # An edit that leaves the problem table unchanged (a duplicate line): the load re-runs, and in the same tick (one
+    # run) the pool below it, deduplicated against the benchmark. Their content-hash data versions are unchanged,
+    # so nothing further is requested and the gated steps are not touched.
     test.write_text(test.read_text() + test.read_text().splitlines(keepends=True)[0])
     loop.observe()
-    assert loop.tick() == {"benchmark_problems", "benchmark_rejected_problems"}
-    before = loop.version("benchmark_problems")
-    loop.run(["benchmark_problems", "benchmark_rejected_problems"])
-    assert loop.version("benchmark_problems") == before
+    requested = loop.tick()
+    assert requested == set(DATA)
+    before = {k: loop.version(k) for k in DATA}
+    loop.run(requested)
+    assert {k: loop.version(k) for k in DATA} == before
     assert loop.tick() == set()
 
-    # A real edit to the pool: only the pool's table re-runs; the benchmark and pre-training are not touched.
+    # A real edit to the pool: only the pool's tables re-run; the benchmark and pre-training are not touched.
     pool.write_text(pool.read_text() + jsonl(generate_problems(3, seed=99)))
     loop.observe()
     assert loop.tick() == {"raw_problems", "rejected_problems"}
@@ -74,20 +76,18 @@ def test_unchanged_dataset_triggers_nothing_and_an_edit_reruns_exactly_what_it_a
     loop.run(["raw_problems", "rejected_problems"])
     assert loop.version("raw_problems") != old
     assert loop.materializations("benchmark_problems") == 2
-    # raw_problems' children are not materialized here (missing: pretrained_policy blocks them), so the cascade
-    # stops; tests/test_automation_cascade.py follows it through the whole selection path.
+    # raw_problems' children are not materialized here (missing: pretrained_policy blocks them), so nothing follows;
+    # tests/integration/test_reselection_loop.py follows the whole selection path.
     assert loop.tick() == set()
 
 
-def test_a_benchmark_edit_cascades_one_layer_per_tick(loop, files):
+def test_a_benchmark_edit_requests_the_pool_below_it_in_the_same_tick(loop, files):
     _, test = files
     test.write_text(jsonl(generate_problems(21, seed=12)))  # one more benchmark problem
     loop.observe()
-    assert loop.tick() == {"benchmark_problems", "benchmark_rejected_problems"}
-    loop.run(["benchmark_problems", "benchmark_rejected_problems"])
-    # Its children: the pool (deduplicated against the benchmark); pre-training (excludes benchmark problems) is a
-    # gated GPU step and waits for the nightly window.
-    assert loop.tick() == {"raw_problems", "rejected_problems"}
+    # The benchmark tables and the pool (deduplicated against the benchmark) in one tick, so one run loads them in
+    # order; pre-training (excludes benchmark problems) is a gated GPU step and waits for the nightly window.
+    assert loop.tick() == set(DATA)
 
 
 def test_dataset_observations_run_on_their_cron(loop):

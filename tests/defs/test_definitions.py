@@ -51,7 +51,11 @@ def test_every_asset_is_versioned_and_heavy_steps_are_gpu_tagged():
     for key in graph.materializable_asset_keys:  # observable sources have none: their observation is the version
         node = graph.get(key)
         assert node.code_version, f"{key.to_user_string()} has no code_version"
-    assert {k.to_user_string() for k in graph.observable_asset_keys} == {"pool_dataset", "benchmark_dataset"}
+    assert {k.to_user_string() for k in graph.observable_asset_keys} == {
+        "pool_dataset",
+        "benchmark_dataset",
+        "training_window",
+    }
     for heavy in [
         "pretrained_policy",
         "warmup_policy",

@@ -54,10 +54,17 @@ def test_the_local_instance_limits_the_gpu_pool_to_one_step():
 
 def test_automation_is_on_by_default_and_every_asset_has_a_condition():
     definitions = defs()
-    sensor = definitions.resolve_sensor_def("learnalign_automation")
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert definitions.resolve_schedule_def("periodic_reselection").default_status == dg.DefaultScheduleStatus.RUNNING
     graph = definitions.resolve_asset_graph()
+    covered = set()
+    for name in ("learnalign_reselection", "learnalign_nightly"):
+        sensor = definitions.resolve_sensor_def(name)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        covered |= {k.to_user_string() for k in sensor.asset_selection.resolve(graph)}
+    # The sources are targeted (observed on their cron), so no asset falls to Dagster's default sensor (stopped).
+    assert {"pool_dataset", "benchmark_dataset", "raw_problems", "trained_policy", "training_window"} <= covered
+    names = {s.name for s in definitions.get_repository_def().sensor_defs}
+    assert names == {"learnalign_reselection", "learnalign_nightly"}, names
+    assert definitions.resolve_schedule_def("periodic_reselection").default_status == dg.DefaultScheduleStatus.RUNNING
     manual = {
         k.to_user_string()
         for k in graph.get_all_asset_keys()
@@ -65,15 +72,18 @@ def test_automation_is_on_by_default_and_every_asset_has_a_condition():
     }
     assert "comparison_report" in manual and "selected_subset" not in manual  # the comparison is run by people
     assert all(graph.get(dg.AssetKey(k)).automation_condition is None for k in manual)
+    unmanaged = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is None}
+    assert unmanaged - manual == {"training_window"}  # observed by people (`learnalign train-now`) to open the window
     labels = {
         k.to_user_string(): graph.get(k).automation_condition.get_label()
         for k in graph.get_all_asset_keys()
-        if k.to_user_string() not in manual
+        if k.to_user_string() not in unmanaged
     }
     assert labels["pool_dataset"].startswith("on_cron") and labels["benchmark_dataset"].startswith("on_cron")
-    assert labels["selected_subset"] == labels["rollouts"] == labels["raw_problems"] == "reselect_on_change"
     assert (
-        labels["warmup_policy"].startswith("changed_in_window")
-        and labels["trained_policy"].startswith("changed_in_window")
-        and labels["benchmark_results"].startswith("changed_in_window")
+        labels["selected_subset"] == labels["rollouts"] == labels["raw_problems"] == "re-select when an input changes"
     )
+    assert labels["warmup_policy"] == labels["trained_policy"] == labels["benchmark_results"]
+    assert labels["trained_policy"].startswith("train in the window 02:00-06:00 UTC")
+    # The window is stated where a person looks: the asset's description.
+    assert "nightly training window 02:00-06:00 UTC" in graph.get(dg.AssetKey("trained_policy")).description

@@ -1,10 +1,11 @@
 """The whole re-selection path on real assets (smoke-sized, file-backed dataset, on-disk instance):
 
-- bumping one asset's code version makes it, and nothing else, stale; materializing the unsynced assets
-  recomputes only it, and since its output is byte-identical (content-hash data version) nothing below goes stale;
-- editing the pool file re-runs, through automation ticks, raw_problems and the selection path down to
-  selected_subset under the same warm-up policy (so rollouts are generated only for the new problems), never the
-  benchmark; policy training (pre-training, warm-up, GRPO) waits for its nightly window.
+- bumping one asset's code version makes it, and nothing else, stale; "Materialize unsynced" recomputes only it, and
+  since its output is byte-identical (content-hash data version) nothing below goes stale; automation re-runs it
+  with the path below it in one run, every output byte-identical;
+- editing the pool file re-runs, in ONE automated run, raw_problems and the selection path down to selected_subset
+  under the same warm-up policy (so rollouts are generated only for the new problems), never the benchmark;
+  policy training (pre-training, warm-up, GRPO) waits for its nightly window.
 """
 
 import copy
@@ -23,6 +24,18 @@ from learnalign_pipeline.presets import SMOKE
 pytestmark = pytest.mark.slow
 
 GATED = {"pretrained_policy", "warmup_policy", "trained_policy", "benchmark_results"}
+# What a pool edit re-runs: the pool's tables and the selection path below them.
+PATH = {
+    "raw_problems",
+    "rejected_problems",
+    "rollouts",
+    "success_rates",
+    "projected_gradients",
+    "learnability_scores",
+    "alignment_scores",
+    "alignment_matrix",
+    "selected_subset",
+}
 # The smoke preset with a far smaller pre-training: these tests need a policy, not a good one.
 TINY = copy.deepcopy(SMOKE)
 TINY["ops"]["pretrained_policy"]["config"].update(corpus_size=300, steps=4, batch_size=16, intermediate_size=64)
@@ -82,19 +95,21 @@ def test_a_code_version_bump_makes_only_that_asset_stale_and_recomputes_only_it(
     assert stale == {"learnability_scores"}  # staleness is one hop: children follow only if its data changes
 
     counts = {k: loop.materializations(k) for k in status}
-    before = loop.version("learnability_scores")
-    # Automation sees the new code version too: it requests exactly the bumped asset, once.
+    below = {"learnability_scores", "alignment_scores", "alignment_matrix", "selected_subset"}
+    before = {k: loop.version(k) for k in below}
     bumped_loop = Loop(bumped, loop.instance, loop.datasets)
     bumped_loop.cursor, bumped_loop.time = loop.cursor, loop.time
-    assert bumped_loop.tick() == {"learnability_scores"}
     bumped_loop.run(stale, TINY)  # "Materialize unsynced"
-    assert bumped_loop.tick() == set()
-    recomputed = {k for k in status if loop.materializations(k) != counts[k]}
-    assert recomputed == {"learnability_scores"}
-    assert loop.version("learnability_scores") == before  # same bytes, same content-hash data version
+    assert {k for k in status if loop.materializations(k) != counts[k]} == {"learnability_scores"}
+    assert loop.version("learnability_scores") == before["learnability_scores"]  # same bytes, same data version
     after = stale_status(bumped, loop.instance)
     assert {k for k, s in after.items() if s == StaleStatus.STALE} == set()  # nothing below became stale
-    assert descendants(bumped, "learnability_scores") >= {"alignment_scores", "selected_subset"}
+
+    # Automation sees the new code version too: the asset and the path below it, in one tick (one run), once.
+    assert bumped_loop.tick() == below
+    bumped_loop.run(below, TINY)
+    assert bumped_loop.tick() == set()
+    assert {k: loop.version(k) for k in below} == before  # every output byte-identical
 
 
 def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(world):
@@ -104,7 +119,7 @@ def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(w
     affected = descendants(loop.defs, "pool_dataset")
     counts = {k: loop.materializations(k) for k in stale_status(loop.defs, loop.instance)}
     ticks = []
-    for _ in range(10):  # one layer per tick; the path is 7 layers deep
+    for _ in range(10):
         requested = loop.tick()
         if not requested:
             break
@@ -118,19 +133,21 @@ def test_a_pool_edit_reruns_the_selection_path_and_training_waits_for_its_cron(w
     meta = loop.instance.get_latest_materialization_event(dg.AssetKey("rollouts")).asset_materialization.metadata
     generated, reused = meta["generated_problems"].value, meta["reused_problems"].value
     assert 1 <= generated <= 4 and reused >= 12, (generated, reused)
-    # Layer by layer: the pool's table first, then its children once it has a new data version, and so on.
-    # selected_subset has a direct edge from raw_problems and a longer path through the scores, so it runs once
-    # per path (cheap); when the ticks stop, nothing on the path is stale.
-    assert ticks[0] == {"raw_problems", "rejected_problems"} and len(ticks) >= 3
+    # The whole path in the tick after the observation, so in one run, in dependency order: selected_subset (which
+    # also reads raw_problems directly) runs only after alignment_scores, never on old scores and a new pool.
+    assert len(ticks) == 1 and ticks[0] == PATH
     status = stale_status(loop.defs, loop.instance)
     assert {k for k in affected - GATED if status[k] == StaleStatus.STALE} == set()
 
-    # Training is gated: nothing until the nightly window opens at 02:00 UTC, then it is requested (its input
-    # changed); the window stays open for the benchmark that follows it, and closes at 06:00.
+    # Training is gated: nothing until the nightly window opens at 02:00 UTC. Then the steps whose inputs changed
+    # during the day are requested: the warm-up policy (it trains on pool problems), with the selection path below it
+    # in the same run (re-scored under the new warm-up policy), GRPO training and the benchmark; the pool's tables
+    # and pre-training, whose inputs did not change, are not.
     next_two = (loop.time + datetime.timedelta(days=1)).replace(hour=2, minute=1)
     if next_two - loop.time > datetime.timedelta(days=1):
         next_two -= datetime.timedelta(days=1)
     assert loop.tick() == set()
-    requested = loop.tick(minutes=(next_two - loop.time).total_seconds() / 60)
-    assert "trained_policy" in requested and not requested & (affected - GATED)
+    requested = loop.tick(minutes=(next_two - loop.time).total_seconds() / 60) - {"pool_dataset", "benchmark_dataset"}
+    below_warmup = PATH - {"raw_problems", "rejected_problems"}
+    assert requested == {"warmup_policy", "trained_policy", "benchmark_results"} | below_warmup, requested
     assert loop.tick(minutes=1) == set()  # requested once: handled, not re-requested while the window is open

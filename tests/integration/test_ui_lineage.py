@@ -19,22 +19,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from testing_utils import CHROMEDRIVER, CHROMIUM, browser_available
+from testing_utils import CHROMEDRIVER, CHROMIUM, browser_available, chrome, open_ui_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["benchmark_problems", "benchmark_rejected_problems", "raw_problems", "rejected_problems"]
-FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1800,1000",
-]
 
 if not browser_available() and not os.environ.get("LEARNALIGN_REQUIRE_BROWSER"):
     pytest.skip(
@@ -43,8 +31,6 @@ if not browser_available() and not os.environ.get("LEARNALIGN_REQUIRE_BROWSER"):
     )
 if not os.environ.get("LEARNALIGN_REQUIRE_BROWSER"):
     pytest.importorskip("selenium", reason="selenium (the test extra) is not installed")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -139,25 +125,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="learnalign-chromium-")
-    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chrome(profile)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
-
-
-def _open(driver, url: str, ready_xpath: str) -> None:
-    driver.get(url)
-    # The UI opens a "Join the community" dialog on a first local visit; mark it dismissed as its Skip button does.
-    driver.execute_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
-    driver.get(url)
-    WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.XPATH, ready_xpath))
 
 
 def _matches(shown: str, key: str) -> bool:
@@ -170,7 +144,7 @@ def _matches(shown: str, key: str) -> bool:
 
 def test_the_asset_graph_shows_every_stage_and_edge(server, browser, tmp_path):
     url, keys, edges, _ = server
-    _open(
+    open_ui_page(
         browser,
         f"{url}/locations/learnalign_pipeline/jobs/learnalign_job",
         "//*[contains(@class, 'GroupNode') or contains(@class, 'AssetNode_assetName')]",
@@ -208,7 +182,7 @@ def test_the_asset_graph_shows_every_stage_and_edge(server, browser, tmp_path):
 
 def test_a_materialization_metadata_renders(server, browser):
     url, _, _, raw = server
-    _open(browser, f"{url}/assets/raw_problems?view=events", "//*[normalize-space()='Metadata']")
+    open_ui_page(browser, f"{url}/assets/raw_problems?view=events", "//*[normalize-space()='Metadata']")
     WebDriverWait(browser, 30).until(lambda d: raw.metadata["sha256"].value in d.find_element(By.TAG_NAME, "body").text)
     text = browser.find_element(By.TAG_NAME, "body").text
     for label in ["sha256", "path", "dagster/row_count", "category_counts", "preview"]:

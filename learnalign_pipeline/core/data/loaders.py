@@ -62,7 +62,11 @@ class SourceConfig:
     prompt_column: str | None = setting(None, "generic format: column holding the question (required)")
     answer_column: str | None = setting(None, "generic format: column holding the gold answer (required)")
     solution_column: str | None = setting(None, "generic format: optional worked solution column")
-    category_column: str | None = setting(None, "generic format: optional category column")
+    category_column: str | None = setting(
+        None,
+        "column holding each problem's family (any format); without it gsm8k rows get steps_<n> (lines of the worked "
+        "solution), math rows their subject/type, generic rows none",
+    )
     numeric_gold: bool = setting(False, "generic format: reject gold answers that are not numbers")
     max_row_chars: int = setting(20_000, "rows longer than this are rejected as oversized; they are not problems")
 
@@ -371,12 +375,29 @@ def gsm8k_gold(answer: str) -> str:
     return gold
 
 
+GSM8K_MAX_STEPS = 6  # GSM8K train: 2-5 lines for 90% of solutions; 6 or more share one family
+
+
+def gsm8k_family(solution: str) -> str:
+    """A GSM8K problem's family: the number of reasoning steps of its worked solution (one calculation per line
+    before '####'), e.g. "steps_3"; GSM8K itself has no family column."""
+    steps = sum(1 for line in solution.split("####")[0].splitlines() if line.strip())
+    return f"steps_{steps}" if steps < GSM8K_MAX_STEPS else f"steps_{GSM8K_MAX_STEPS}+"
+
+
+def _category(record: dict, column: str | None) -> str | None:
+    value = record.get(column) if column else None
+    return None if value is None else str(value)
+
+
 def _normalize(record: dict, spec: SourceConfig) -> tuple[str, str, str | None, str | None, set[str]]:
     """(prompt, gold, solution, category, columns used) of one record; RowError when it is not a problem."""
+    chosen = _category(record, spec.category_column)
     if spec.format == "gsm8k":
         prompt = _text(record, "question", "empty_prompt")
         solution = _text(record, "answer", "empty_answer")
-        return prompt, gsm8k_gold(solution), solution, None, {"question", "answer"}
+        category = chosen if spec.category_column else gsm8k_family(solution)
+        return prompt, gsm8k_gold(solution), solution, category, {"question", "answer", spec.category_column} - {None}
     if spec.format == "math":
         prompt = _text(record, "problem", "empty_prompt")
         solution = record.get("solution") if isinstance(record.get("solution"), str) else None
@@ -390,6 +411,8 @@ def _normalize(record: dict, spec: SourceConfig) -> tuple[str, str, str | None, 
                 raise RowError("unparseable_gold", "solution has no complete \\boxed{} answer")
         if gold.count("{") != gold.count("}"):
             raise RowError("unparseable_gold", f"gold {gold[:50]!r} has unbalanced braces")
+        if spec.category_column:
+            return prompt, gold, solution, chosen, {"problem", "answer", "solution", spec.category_column}
         category = next((record[c] for c in ("subject", "type") if isinstance(record.get(c), str)), None)
         used = {"problem", "answer", "solution"} | (
             {"subject"} if "subject" in record else {"type"} if category else set()
@@ -404,13 +427,12 @@ def _normalize(record: dict, spec: SourceConfig) -> tuple[str, str, str | None, 
         if parse_number(gold) is None:
             raise RowError("unparseable_gold", f"gold {gold[:50]!r} is not a number")
     solution = record.get(spec.solution_column) if spec.solution_column else None
-    category = record.get(spec.category_column) if spec.category_column else None
     used = {spec.prompt_column, spec.answer_column, spec.solution_column, spec.category_column} - {None}
     return (
         prompt,
         gold,
         solution if isinstance(solution, str) else None,
-        None if category is None else str(category),
+        chosen,
         used,
     )
 

@@ -77,7 +77,11 @@ class PoolConfig(ProblemSourceConfig):
 
 
 def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclude_ids: frozenset[str]) -> LoadResult:
-    """Load or generate one split; generated splits report repeats and overlap as duplicates too."""
+    """Load or generate one split; generated splits report repeats and overlap as duplicates too. A split named in
+    the dataset settings file (`learnalign dataset`) loads with the mapping written there."""
+    configured = datasets.configured(split) if config.source == "datasets" else None
+    if configured:
+        return load_problems(configured, exclude_ids)
     path = config.file_path(split, datasets)
     if path:
         return load_problems(config.spec(split, path), exclude_ids)
@@ -129,7 +133,7 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -
         "benchmark_problems": dg.AssetOut(
             is_required=False,
             group_name="data",
-            code_version="3",
+            code_version="4",
             kinds={"polars"},
             description="Held-out problems for greedy pass@1 of every policy; never trained on.",
         ),
@@ -172,7 +176,7 @@ def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfi
         "raw_problems": dg.AssetOut(
             is_required=False,
             group_name="data",
-            code_version="4",
+            code_version="5",
             kinds={"polars"},
             description="The candidate pool with stable content-hash ids, disjoint from the benchmark.",
         ),

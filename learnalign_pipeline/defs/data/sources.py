@@ -6,8 +6,9 @@ problem table was built from, so an edited file re-runs exactly what depends on 
 nothing. The observations run on a cron through the automation sensor (`defs/automation`).
 
 Which files are watched is the `datasets` resource's business, not per-run config: runs the automation sensor
-launches carry no run config, so the location must be part of the code location (env `LEARNALIGN_POOL_PATH` /
-`LEARNALIGN_BENCHMARK_PATH`). With no file configured the splits come from the embedded arithmetic generator;
+launches carry no run config. `learnalign dataset pool|benchmark PATH [--format ...]` writes the path and column
+mapping to `LEARNALIGN_HOME/datasets.json`, read at every observation and load (no restart); a split it does not
+name falls back to env `LEARNALIGN_POOL_PATH` / `LEARNALIGN_BENCHMARK_PATH`. With no file configured the splits come from the embedded arithmetic generator;
 the observed version is then the sha256 of the generator's source code (`core/data/arithmetic.py`), the only thing
 outside run config that can change its output.
 """
@@ -18,6 +19,7 @@ import os
 import dagster as dg
 
 from ...core.data import arithmetic
+from ...core.data.datasets import mapping, observed_version
 from ...core.data.fingerprint import fingerprint
 from ...core.storage.hashing import sha256_bytes
 from ...lib.resources import DatasetFiles
@@ -32,22 +34,29 @@ def generator_version() -> str:
 
 
 def observe_split(datasets: DatasetFiles, split: str) -> dg.ObserveResult:
-    path = datasets.path_for(split)
+    path, configured = datasets.path_for(split), datasets.configured(split)
     if not path:
         return dg.ObserveResult(
             data_version=dg.DataVersion(generator_version()),
-            metadata={"source": "embedded arithmetic generator", "fingerprint": "sha256 of core/data/arithmetic.py"},
+            metadata={
+                "source": "embedded arithmetic generator",
+                "fingerprint": "sha256 of core/data/arithmetic.py",
+                "configured_by": datasets.origin(split),
+            },
         )
     found = fingerprint(path)
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(found.sha256),
-        metadata={
-            "source": dg.MetadataValue.path(path),
-            "files": found.files,
-            "bytes": found.bytes,
-            "sha256": found.sha256,
-        },
-    )
+    # A file named in the settings file is versioned with its column mapping, so a mapping change re-runs the loop.
+    version = observed_version(configured, found.sha256) if configured else found.sha256
+    metadata = {
+        "source": dg.MetadataValue.path(path),
+        "configured_by": datasets.origin(split),
+        "files": found.files,
+        "bytes": found.bytes,
+        "sha256": found.sha256,
+    }
+    if configured:
+        metadata["mapping"] = dg.MetadataValue.json({k: v for k, v in mapping(configured).items() if k != "path"})
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 def _observable_split(name: str, split: str, description: str):

@@ -5,7 +5,10 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from ...core.evaluation.benchmark import BenchmarkConfig, pass_at_1
+from ...core.evaluation.charts import accuracy_by_family, accuracy_chart
 from ...core.storage.artifacts import Checkpoint
+from ...lib.charts import image
+from ...lib.charts import table as metadata_table
 from ...lib.config import config_view, settings
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
 from ...lib.resources import ComputeSettings, Generator, TaskSettings
@@ -42,7 +45,7 @@ def benchmark_results(
     verifier = task.make_verifier()
     exemplars = raw_problems.filter(pl.col("solution").is_not_null()).head(bench.fewshot)
     prompt_format = task.prompt_format(shots=tuple(zip(exemplars["prompt"].to_list(), exemplars["solution"].to_list())))
-    rows = []
+    rows, greedy_outcomes = [], []
     try:  # one engine at a time: asking for the next checkpoint's engine shuts the previous one down
         for name, checkpoint in [
             ("pretrained", pretrained_policy),
@@ -51,8 +54,10 @@ def benchmark_results(
         ]:
             backend = generator.backend(bench.backend, checkpoint, compute.config())
             for spec in bench.decodings(task.max_new_tokens):
-                result, _ = pass_at_1(backend, benchmark_problems, verifier, prompt_format, spec, name, benchmark)
+                result, samples = pass_at_1(backend, benchmark_problems, verifier, prompt_format, spec, name, benchmark)
                 rows.append({**result.as_row(), "checkpoint": checkpoint.path.name})
+                if spec.temperature == 0:
+                    greedy_outcomes.append(samples.select("policy", "problem_id", "reward"))
     finally:
         generator.close_engine()
     table = pl.DataFrame(rows)
@@ -60,6 +65,11 @@ def benchmark_results(
     greedy = table.filter(pl.col("decoding") == "greedy")
     accuracy = dict(zip(greedy["policy"].to_list(), greedy["accuracy"].to_list()))
     gain = round(100 * (accuracy["trained"] - accuracy["warmup"]), 2)
+    families = accuracy_by_family(
+        pl.concat(greedy_outcomes).join(
+            benchmark_problems.select("problem_id", "category"), on="problem_id", how="left"
+        )
+    )
     return versioned(
         table,
         summary=f"greedy pass@1: pretrained {accuracy['pretrained']:.1%}, warm-up {accuracy['warmup']:.1%}, trained {accuracy['trained']:.1%} ({gain:+.1f} points)",
@@ -69,4 +79,18 @@ def benchmark_results(
         trained_minus_warmup_points=gain,
         verifier_stats=dg.MetadataValue.json(getattr(verifier, "stats", {})),
         table=dg.MetadataValue.md(markdown_table(table.select(TABLE_COLUMNS))),
+        accuracy_by_family=metadata_table(families, descriptions=FAMILY_COLUMNS),
+        accuracy_by_family_chart=image(
+            accuracy_chart(families, "greedy pass@1 by family (Wilson 95% interval)"), "accuracy by family"
+        ),
     )
+
+
+FAMILY_COLUMNS = {
+    "family": "the benchmark problems' category",
+    "problems": "benchmark problems in the family",
+    "correct": "solved with greedy decoding",
+    "accuracy": "greedy pass@1 within the family",
+    "low": "Wilson 95% interval, lower bound",
+    "high": "Wilson 95% interval, upper bound",
+}

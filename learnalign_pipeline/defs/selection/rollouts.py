@@ -10,11 +10,13 @@ import time
 import dagster as dg
 import polars as pl
 
+from ...core.evaluation.charts import histogram
 from ...core.policy.rollouts import learnable_problems, success_rates
 from ...core.selection.config import RolloutConfig
 from ...core.selection.stages import RolloutStage, shard_rows
+from ...lib.charts import image, present, table
 from ...lib.config import config_view, settings
-from ...lib.outputs import markdown_table, versioned
+from ...lib.outputs import versioned
 from ...lib.sharded import NUM_SHARDS, Step, dropped_files, merge_counts, sharded_asset
 from ...lib.tags import gpu_asset
 
@@ -59,9 +61,17 @@ def _shard(step: Step, work: dict) -> dict:
     }
 
 
-def _rate_histogram(rates: pl.DataFrame) -> str:
+def _rate_histogram(rates: pl.DataFrame) -> pl.DataFrame:
     hist = rates.group_by("num_correct").len().sort("num_correct").rename({"len": "problems"})
-    return markdown_table(hist.with_columns((pl.col("problems") / rates.height).alias("share")))
+    return hist.with_columns((pl.col("problems") / rates.height).alias("share"))
+
+
+def _p_chart(rates: pl.DataFrame) -> bytes | None:
+    if not rates.height:
+        return None
+    k = int(rates["num_samples"].max())
+    edges = [(i - 0.5) / k for i in range(k + 2)]  # one bar per possible p = i/K
+    return histogram(rates["success_rate"].to_list(), f"success rate p over K={k} samples", "p", bins=edges)
 
 
 def _collect(step: Step, manifests: list[dict]):
@@ -98,7 +108,11 @@ def _collect(step: Step, manifests: list[dict]):
         summary=f"mean p {rates['success_rate'].mean():.2f}, learnable (0 < p < 1) {learnable / rates.height:.0%} of {rates.height}",
         mean_success_rate=float(rates["success_rate"].mean()),
         learnable_share=learnable / rates.height,
-        success_histogram=dg.MetadataValue.md(_rate_histogram(rates)),
+        success_histogram=table(
+            _rate_histogram(rates),
+            descriptions={"problems": "problems with this many correct", "share": "share of the pool"},
+        ),
+        **present(p_histogram=image(_p_chart(rates), "success rate histogram")),
     )
 
 

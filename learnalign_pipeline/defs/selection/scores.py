@@ -1,18 +1,21 @@
 """Learnability, LearnAlign alignment and the selected subset (LearnAlign steps 2 and 4)."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import torch
 
 from ...core.data.noise import noisy_flags
+from ...core.evaluation.charts import P_BUCKETS, histogram, p_bucket, shares, subset_vs_pool
 from ...core.selection.config import AlignmentConfig, SelectionConfig
 from ...core.selection.methods import NoLearnableProblems, SelectionSignals, select
 from ...core.selection.scoring import alignment_matrix, learnability, learnalign_scores
-from ...core.storage.artifacts import TensorBundle
+from ...core.storage.artifacts import TensorBundle, read_artifact
+from ...lib.charts import image, present, table
 from ...lib.config import config_view
-from ...lib.outputs import markdown_table, versioned
+from ...lib.outputs import versioned
 
 
 @dg.asset(group_name="selection", code_version="1", kinds={"polars"})
@@ -67,6 +70,15 @@ def alignment(config: AlignmentRunConfig, learnability_scores: pl.DataFrame, pro
         summary=f"{int((frame['score'] > 0).sum())} positive, {int((frame['score'] < 0).sum())} negative scores",
         positive_scores=int((frame["score"] > 0).sum()),
         negative_scores=int((frame["score"] < 0).sum()),
+        max_score=float(frame["score"].max()) if frame.height else None,
+        **present(
+            score_histogram=image(
+                histogram(frame["score"].to_list(), "LearnAlign scores of the pool", "score V_i <u_i, mu>"),
+                "score histogram",
+            )
+            if frame.height
+            else None
+        ),
     )
     if len(ids) <= config.max_matrix_problems:
         matrix = alignment_matrix(weights, unit)
@@ -137,7 +149,10 @@ def selected_subset(
     """The top-N problems by the configured method's score (ties broken by problem id), with rank, score and a
     `noisy` flag (problems whose gold answer the pool config corrupted). Learnability and gradient methods select
     only learnable problems (0 < p < 1), so the subset is smaller than N when the pool has fewer; a pool without
-    any learnable problem fails the run with the counts (core/selection/methods.py)."""
+    any learnable problem fails the run with the counts (core/selection/methods.py). Metadata: the cut-off score,
+    the subset against the pool by success rate and by family, the pool's score histogram, and what entered and
+    left since the previous version (with ranks, scores, and whether a leaver was outscored or removed from the
+    pool)."""
     if config.method in COMPARISON_ONLY:
         raise ValueError(f"method {config.method!r} needs signals from the comparison group: use comparison_subsets")
     signals = pool_signals(success_rates, projected_gradients)
@@ -156,23 +171,128 @@ def selected_subset(
         context.log.warning(chosen.shortfall)
     subset = selection_frame(signals, chosen.picked, chosen.scores, raw_problems)
     by_category = subset.group_by("category").len().sort("category")
+    pool = raw_problems.select("problem_id", "category").join(
+        success_rates.select("problem_id", "success_rate"), on="problem_id", how="inner"
+    )
+    cutoff = float(subset["score"][-1]) if subset.height else None
+    previous, diff = previous_subset(context), None
+    if previous is not None:
+        diff = subset_diff(previous, subset, set(raw_problems["problem_id"].to_list()))
     return versioned(
         subset,
         summary=f"{subset.height} problems by {config.method} ({chosen.learnable_selected} learnable of "
         f"{chosen.learnable_in_pool} in the pool), mean p {subset['success_rate'].mean():.2f}"
-        + (f"; {chosen.shortfall}" if chosen.shortfall else ""),
+        + (f"; {chosen.shortfall}" if chosen.shortfall else "")
+        + (f"; {diff['entered']} entered, {diff['left']} left since the previous version" if diff else ""),
         method=config.method,
         budget=config.budget,
         selected=subset.height,
+        pool_problems=pool.height,
         learnable_selected=chosen.learnable_selected,
         learnable_in_pool=chosen.learnable_in_pool,
         budget_shortfall=chosen.shortfall or "",
         noisy_share=float(subset["noisy"].mean()),
         mean_success_rate=float(subset["success_rate"].mean()),
+        cutoff_score=cutoff,
         category_counts=dg.MetadataValue.json(
             dict(zip(by_category["category"].to_list(), by_category["len"].to_list()))
         ),
-        top=dg.MetadataValue.md(
-            markdown_table(subset.select("rank", "problem_id", "score", "success_rate", "prompt"), max_rows=10)
+        **(
+            {
+                "entered": diff["entered"],
+                "left": diff["left"],
+                "kept": diff["kept"],
+                "changes": table(diff["table"], max_rows=40),
+            }
+            if diff
+            else {}
         ),
+        **subset_charts(pool, subset, [float(v) for v in chosen.scores.tolist()], cutoff, config.method),
+        top=table(subset.select("rank", "problem_id", "score", "success_rate", "category", "prompt"), max_rows=20),
     )
+
+
+def subset_charts(pool: pl.DataFrame, subset: pl.DataFrame, pool_scores: list[float], cutoff, method: str) -> dict:
+    """Where the subset sits in the pool: by success-rate bucket and by family (charts and tables), and the pool's
+    score distribution with the cut-off."""
+    by_p = [
+        shares(frame.with_columns(p_bucket(pl.col("success_rate")).alias("p")), "p", P_BUCKETS)
+        for frame in (pool, subset)
+    ]
+    families = sorted({str(c) if c is not None else "(none)" for c in pool["category"].to_list()})
+    by_family = [shares(frame, "category", families) for frame in (pool, subset)]
+
+    def side_by_side(pair):
+        return (
+            pair[0]
+            .select("value", pl.col("problems").alias("pool"), pl.col("share").alias("pool_share"))
+            .join(
+                pair[1].select("value", pl.col("problems").alias("subset"), pl.col("share").alias("subset_share")),
+                on="value",
+                how="left",
+                maintain_order="left",
+            )
+        )
+
+    return present(
+        subset_vs_pool_by_p=image(subset_vs_pool(*by_p, "subset vs pool by success rate p", "p bucket"), "by p"),
+        subset_vs_pool_by_family=image(subset_vs_pool(*by_family, "subset vs pool by family", "family"), "by family"),
+        by_p=table(side_by_side(by_p), descriptions=SHARE_COLUMNS),
+        by_family=table(side_by_side(by_family), descriptions=SHARE_COLUMNS),
+        score_histogram=image(
+            histogram(pool_scores, f"{method} scores of the pool (cut-off = last selected)", "score", cutoff=cutoff),
+            "score histogram",
+        )
+        if pool_scores
+        else None,
+    )
+
+
+SHARE_COLUMNS = {
+    "value": "success-rate bucket or family",
+    "pool": "pool problems in it",
+    "pool_share": "its share of the pool",
+    "subset": "selected problems in it",
+    "subset_share": "its share of the subset",
+}
+
+
+def previous_subset(context: dg.AssetExecutionContext) -> pl.DataFrame | None:
+    """The subset of the latest earlier materialization (while this one runs, the latest recorded), or None."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None or "path" not in event.asset_materialization.metadata:
+        return None
+    metadata = event.asset_materialization.metadata
+    try:
+        return read_artifact(Path(metadata["path"].value), metadata["sha256"].value if "sha256" in metadata else None)
+    except (OSError, ValueError) as error:  # pruned or unreadable: the diff is skipped, the subset is not
+        context.log.warning(f"previous selected_subset unreadable, no diff: {error}")
+        return None
+
+
+def subset_diff(previous: pl.DataFrame, current: pl.DataFrame, pool_ids: set[str]) -> dict:
+    """Problems that entered and left the subset since `previous`, with ranks and scores, and why they left."""
+    old, new = set(previous["problem_id"].to_list()), set(current["problem_id"].to_list())
+    entered = current.filter(pl.col("problem_id").is_in(sorted(new - old))).select(
+        pl.lit("entered").alias("change"),
+        "problem_id",
+        "rank",
+        "score",
+        "success_rate",
+        pl.lit("").alias("why"),
+        "prompt",
+    )
+    left = previous.filter(pl.col("problem_id").is_in(sorted(old - new))).select(
+        pl.lit("left").alias("change"),
+        "problem_id",
+        "rank",
+        "score",
+        "success_rate",
+        pl.when(pl.col("problem_id").is_in(sorted(pool_ids)))
+        .then(pl.lit("outscored"))
+        .otherwise(pl.lit("removed from the pool"))
+        .alias("why"),
+        "prompt",
+    )
+    changes = pl.concat([entered, left]).with_columns(pl.col("prompt").str.slice(0, 80))
+    return {"entered": len(new - old), "left": len(old - new), "kept": len(new & old), "table": changes}
