@@ -60,6 +60,11 @@ SMOKE_CURRICULUM: dict = {
     "resources": {"task": {"config": {"max_new_tokens": 16}}},
 }
 
+# The demo on a pool shaped like real data: the embedded generator's `realistic` mix for the pool, the benchmark and
+# the pre-training corpus (core/data/arithmetic.py). After warm-up about two thirds of the pool is always or never
+# solved and a third is learnable, spread over every family (calibration: docs/results.md).
+REALISTIC: dict = {"resources": {"arithmetic": {"config": {"mix": "realistic"}}}}
+
 GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
 
 # LearnAlign's GSM8K setup, for a GPU: pool = GSM8K train, benchmark = GSM8K test, warm-up on 300 random pool
@@ -88,6 +93,7 @@ GSM8K_GPU: dict = {
 PRESETS: dict[str, dict] = {
     "smoke": SMOKE,
     "demo": {},
+    "realistic": REALISTIC,
     "gsm8k_gpu": GSM8K_GPU,
     "smoke_comparison": SMOKE_COMPARISON,
     "smoke_curriculum": SMOKE_CURRICULUM,

@@ -2,7 +2,7 @@
 
 Settings resources are views of core's settings objects (`lib/config.py`): `task` (how problems are posed and
 checked, shared by every generating stage), `grpo_loss` (the loss warm-up, the gradient features and training
-share) and `generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
+share), `generator` (the vLLM engine) and `arithmetic` (the embedded generator's mix). The others locate storage: artifacts, the row cache, the results
 database and the watched dataset files.
 """
 
@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
+from ..core.data.arithmetic import MIXES, ArithmeticConfig, ArithmeticMix
 from ..core.policy.generation import GenerationBackend, TransformersBackend
 from ..core.policy.model import load_policy
 from ..core.policy.vllm_backend import VLLMBackend, VLLMConfig
@@ -96,6 +97,13 @@ class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource, exclude={"
         self._engines.clear()
 
 
+class ArithmeticSettings(config_view(ArithmeticConfig, base=dg.ConfigurableResource)):
+    """The embedded generator's mix, one setting for the pool, the benchmark and the pre-training corpus."""
+
+    def arithmetic_mix(self) -> ArithmeticMix:
+        return MIXES[settings(self, ArithmeticConfig).mix]
+
+
 class DatasetFiles(dg.ConfigurableResource):
     """The dataset files the problem splits read when their config has `source="datasets"` (the default), and the
     observable sources watch. An empty path means the embedded arithmetic generator."""
@@ -125,6 +133,7 @@ def bind_resources() -> dict:
         "grpo_loss": GRPOLoss(),
         "generator": Generator(),
         "duckdb": DuckDBResource(database=str(home / "results.duckdb")),
+        "arithmetic": ArithmeticSettings(),
         "datasets": DatasetFiles(
             pool_path=os.environ.get("LEARNALIGN_POOL_PATH", ""),
             benchmark_path=os.environ.get("LEARNALIGN_BENCHMARK_PATH", ""),

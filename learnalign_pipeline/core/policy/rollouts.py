@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..data.noise import coin_flip_ids
 from ..task.prompts import PromptFormat, render
-from ..task.verify import Verifier
+from ..task.verify import CoinFlipVerifier, Verifier, score_rollouts
 from .generation import GenerationBackend, SamplingSpec, prompt_seeds
 
 ROLLOUT_SCHEMA = {
@@ -28,7 +29,9 @@ def sample_rollouts(
     template: str | PromptFormat,
     base_seed: int,
 ) -> pl.DataFrame:
-    """One row per (problem, sample) with the completion, its token ids and its reward."""
+    """One row per (problem, sample) with the completion, its token ids and its reward. Problems the table marks
+    as coin-flip (data/noise.py) get a fair coin per rollout instead of the verifier's reward: every stage that
+    samples (warm-up, scoring, training, curriculum) goes through here, so none can forget the noise."""
     ids = problems["problem_id"].to_list()
     tokenizer = getattr(backend, "tokenizer", None)  # only a chat format needs it
     prompts = [render(template, p, tokenizer) for p in problems["prompt"].to_list()]
@@ -45,9 +48,11 @@ def sample_rollouts(
             rows["num_tokens"].append(len(c.token_ids))
             rows["finish_reason"].append(c.finish_reason)
     golds = problems["answer"].to_list()
-    rows["reward"] = verifier.score_batch(
-        rows["completion"], [golds[i // spec.num_samples] for i in range(len(rows["completion"]))]
-    )
+    flagged = coin_flip_ids(problems)
+    if flagged:
+        verifier = CoinFlipVerifier(verifier, flagged)
+    row_golds = [golds[i // spec.num_samples] for i in range(len(rows["completion"]))]
+    rows["reward"] = score_rollouts(verifier, rows["problem_id"], rows["seed"], rows["completion"], row_golds)
     return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
 
 

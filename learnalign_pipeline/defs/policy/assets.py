@@ -12,7 +12,7 @@ from ...core.policy.model import load_policy
 from ...core.storage.artifacts import Checkpoint
 from ...core.training.sft import pretrain_tiny_policy
 from ...lib.progress import step_progress
-from ...lib.resources import ArtifactStore, GRPOLoss, TaskSettings
+from ...lib.resources import ArithmeticSettings, ArtifactStore, GRPOLoss, TaskSettings
 from ...lib.tags import gpu_step
 from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
 
@@ -23,10 +23,12 @@ def pretrained_policy(
     config: PretrainRunConfig,
     task: TaskSettings,
     store: ArtifactStore,
+    arithmetic: ArithmeticSettings,
     benchmark_problems: pl.DataFrame,
 ) -> dg.Output[Checkpoint]:
-    """The base policy. Built-in: the tiny policy pre-trained on a generated corpus that excludes every benchmark
-    problem. With `model_path`: a copy of that checkpoint, so every later stage reads a versioned artifact."""
+    """The base policy. Built-in: the tiny policy pre-trained on a generated corpus (drawn from the `arithmetic`
+    resource's mix) that excludes every benchmark problem. With `model_path`: a copy of that checkpoint, so every
+    later stage reads a versioned artifact."""
     if config.model_path:
         model, tokenizer = load_policy(config.model_path)  # fails clearly if the path holds no checkpoint
         return publish_checkpoint(
@@ -44,7 +46,9 @@ def pretrained_policy(
         pretrain.corpus_seed,
         pretrain.shortcut_rates,
         exclude_ids=frozenset(benchmark_problems["problem_id"].to_list()),
+        mix=arithmetic.arithmetic_mix(),
     )
+    recorded = config.model_dump() | ({"mix": arithmetic.mix} if arithmetic.mix != "default" else {})
     started = time.perf_counter()
     with step_progress(context, pretrain.steps, "pre-training steps") as progress:
         model, tokenizer, history = pretrain_tiny_policy(
@@ -55,7 +59,7 @@ def pretrained_policy(
         model,
         tokenizer,
         history,
-        config.model_dump(),
+        recorded,
         summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
         corpus_examples=len(questions),
         vocab_size=len(tokenizer),
