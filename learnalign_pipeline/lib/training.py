@@ -11,11 +11,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from ..core.data.arithmetic import pretraining_corpus
 from ..core.policy.model import TinyPolicyConfig, count_parameters, load_policy, save_policy
 from ..core.storage.artifacts import Checkpoint, content_digest
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, PretrainConfig
 from ..core.training.grpo import GRPOLossConfig
 from ..core.training.resume import ResumeDirectory, resume_key
+from ..core.training.sft import pretrain_tiny_policy
 from ..core.training.trainer import train_grpo
 from .config import config_view, settings
 from .outputs import markdown_table, versioned
@@ -47,6 +49,34 @@ def grpo_settings(config: dg.Config, grpo_loss: GRPOLoss, **overrides) -> GRPOCo
 
 def pretrain_settings(config: PretrainRunConfig) -> tuple[PretrainConfig, TinyPolicyConfig]:
     return settings(config, PretrainConfig), settings(config, TinyPolicyConfig)
+
+
+def pretrain_checkpoint(
+    context, config: PretrainRunConfig, task: TaskSettings, store: ArtifactStore, exclude_ids, mix, **recorded
+) -> dg.Output:
+    """Pre-train the built-in tiny policy on a corpus drawn from `mix` without the problems in `exclude_ids` (the
+    held-out ones), with a progress bar; `recorded` joins the config in the checkpoint's training_config.json."""
+    pretrain, spec = pretrain_settings(config)
+    questions, targets = pretraining_corpus(
+        pretrain.corpus_size, pretrain.corpus_seed, pretrain.shortcut_rates, exclude_ids=exclude_ids, mix=mix
+    )
+    started = time.perf_counter()
+    with step_progress(context, pretrain.steps, "pre-training steps") as progress:
+        model, tokenizer, history = pretrain_tiny_policy(
+            questions, targets, spec, pretrain, task.template, log=progress
+        )
+    return publish_checkpoint(
+        store,
+        model,
+        tokenizer,
+        history,
+        config.model_dump() | recorded,
+        summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
+        corpus_examples=len(questions),
+        vocab_size=len(tokenizer),
+        final_loss=float(history[-1]["loss"]),
+        train_seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def reference_checkpoint(grpo_loss: GRPOLoss, start: Checkpoint, base: Checkpoint) -> Checkpoint:

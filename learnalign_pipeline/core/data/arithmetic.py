@@ -187,7 +187,7 @@ REALISTIC_MIX = ArithmeticMix(
         "two_step/0": 0.045,
         "two_step/1": 0.055,
         "two_step/2": 0.04,
-    },  # fmt: skip
+    },
     shortcut_rates={
         **{f"{family}/0": 0.0 for family in ("sub", "two_step", "mul_add")},
         **{f"{family}/1": 0.5 for family in ("sub", "two_step", "mul_add")},

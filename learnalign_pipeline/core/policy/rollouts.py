@@ -47,13 +47,23 @@ def sample_rollouts(
             rows["token_ids"].append(list(c.token_ids))
             rows["num_tokens"].append(len(c.token_ids))
             rows["finish_reason"].append(c.finish_reason)
-    golds = problems["answer"].to_list()
+    frame = pl.DataFrame({**rows, "reward": [0.0] * len(rows["completion"])}, schema=ROLLOUT_SCHEMA)
+    return reward_rollouts(frame, problems, verifier)
+
+
+def reward_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, verifier: Verifier) -> pl.DataFrame:
+    """`rollouts` with every reward computed from `problems`' table: the verifier against each gold, or a coin per
+    rollout for problems the table marks as coin-flip (data/noise.py). Re-rewarding the same samples under another
+    table (a pool where some problems got coin-flip rewards) needs no new generation."""
+    golds = dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list()))
+    ids = rollouts["problem_id"].to_list()
     flagged = coin_flip_ids(problems)
     if flagged:
         verifier = CoinFlipVerifier(verifier, flagged)
-    row_golds = [golds[i // spec.num_samples] for i in range(len(rows["completion"]))]
-    rows["reward"] = score_rollouts(verifier, rows["problem_id"], rows["seed"], rows["completion"], row_golds)
-    return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+    rewards = score_rollouts(
+        verifier, ids, rollouts["seed"].to_list(), rollouts["completion"].to_list(), [golds[i] for i in ids]
+    )
+    return rollouts.with_columns(pl.Series("reward", rewards, dtype=pl.Float32))
 
 
 def success_rates(rollouts: pl.DataFrame) -> pl.DataFrame:

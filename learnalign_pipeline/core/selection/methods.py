@@ -149,6 +149,15 @@ def accuracy_band(signals: SelectionSignals, low: float = 0.2, high: float = 0.8
     return torch.where(inside, draw, draw - 2.0)
 
 
+def zero_variance(signals: SelectionSignals, seed: int = 0) -> torch.Tensor:
+    """Negative control: a seeded uniform draw among problems with p in {0, 1} (no advantage, hence no GRPO signal
+    at the scoring policy). Learnable problems score below all of them (they fill the budget only when too few
+    zero-variance problems exist)."""
+    p = signals.success_rate.double()
+    draw = seeded_uniform(signals.problem_ids, seed)
+    return torch.where((p == 0) | (p == 1), draw, draw - 2.0)
+
+
 def trajectory_matrix(trajectory: pl.DataFrame, problem_ids: list[str]) -> torch.Tensor:
     """[n, E] accuracy per (problem, epoch) in `problem_ids` order; NaN where a problem was not seen that epoch.
 
@@ -208,7 +217,7 @@ def full_data(signals: SelectionSignals) -> torch.Tensor:
     return torch.ones(len(signals.problem_ids))
 
 
-SEEDED = {"random", "accuracy_band"}  # methods whose selection depends on the seed (the others only train with it)
+SEEDED = {"random", "accuracy_band", "zero_variance"}  # methods whose selection depends on the seed (the others only train with it)
 
 METHODS = {
     "learnalign": learnalign,
@@ -224,6 +233,7 @@ METHODS = {
     "random": random_scores,
     "accgreedy": accgreedy,
     "accuracy_band": accuracy_band,
+    "zero_variance": zero_variance,
     "limr": limr,
     "response_length": response_length,
     "perplexity_top": perplexity_top,

@@ -1,20 +1,17 @@
 """The policies: the base policy (the built-in tiny policy pre-trained here, or a given checkpoint), the GRPO
 warm-up policy (LearnAlign step 1) and the policy RL-trained on the selected subset."""
 
-import time
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from ...core.data.arithmetic import pretraining_corpus
+from ...core.data.arithmetic import MIXES
 from ...core.policy.model import load_policy
 from ...core.storage.artifacts import Checkpoint
-from ...core.training.sft import pretrain_tiny_policy
-from ...lib.progress import step_progress
 from ...lib.resources import ArithmeticSettings, ArtifactStore, GRPOLoss, TaskSettings
 from ...lib.tags import gpu_step
-from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
+from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_checkpoint, publish_checkpoint
 
 
 @dg.asset(group_name="policy", code_version="1", **gpu_step("transformers"))
@@ -40,31 +37,15 @@ def pretrained_policy(
             source=config.model_path,
             summary=f"copied {config.model_path}",
         )
-    pretrain, spec = pretrain_settings(config)
-    questions, targets = pretraining_corpus(
-        pretrain.corpus_size,
-        pretrain.corpus_seed,
-        pretrain.shortcut_rates,
-        exclude_ids=frozenset(benchmark_problems["problem_id"].to_list()),
-        mix=arithmetic.arithmetic_mix(),
-    )
-    recorded = config.model_dump() | ({"mix": arithmetic.mix} if arithmetic.mix != "default" else {})
-    started = time.perf_counter()
-    with step_progress(context, pretrain.steps, "pre-training steps") as progress:
-        model, tokenizer, history = pretrain_tiny_policy(
-            questions, targets, spec, pretrain, task.template, log=progress
-        )
-    return publish_checkpoint(
+    mix = arithmetic.mix
+    return pretrain_checkpoint(
+        context,
+        config,
+        task,
         store,
-        model,
-        tokenizer,
-        history,
-        recorded,
-        summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
-        corpus_examples=len(questions),
-        vocab_size=len(tokenizer),
-        final_loss=float(history[-1]["loss"]),
-        train_seconds=round(time.perf_counter() - started, 1),
+        frozenset(benchmark_problems["problem_id"].to_list()),
+        MIXES[mix],
+        **({"mix": mix} if mix != "default" else {}),
     )
 
 
