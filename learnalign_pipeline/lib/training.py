@@ -52,13 +52,13 @@ def pretrain_settings(config: PretrainRunConfig) -> tuple[PretrainConfig, TinyPo
 
 
 def pretrain_checkpoint(
-    context, config: PretrainRunConfig, task: TaskSettings, store: ArtifactStore, exclude_ids, mix, **recorded
+    context, config: PretrainRunConfig, task: TaskSettings, store: ArtifactStore, exclude_ids, corpus_mix, **recorded
 ) -> dg.Output:
-    """Pre-train the built-in tiny policy on a corpus drawn from `mix` without the problems in `exclude_ids` (the
+    """Pre-train the built-in tiny policy on a corpus drawn from `corpus_mix` without the problems in `exclude_ids` (the
     held-out ones), with a progress bar; `recorded` joins the config in the checkpoint's training_config.json."""
     pretrain, spec = pretrain_settings(config)
     questions, targets = pretraining_corpus(
-        pretrain.corpus_size, pretrain.corpus_seed, pretrain.shortcut_rates, exclude_ids=exclude_ids, mix=mix
+        pretrain.corpus_size, pretrain.corpus_seed, pretrain.shortcut_rates, exclude_ids=exclude_ids, mix=corpus_mix
     )
     started = time.perf_counter()
     with step_progress(context, pretrain.steps, "pre-training steps") as progress:

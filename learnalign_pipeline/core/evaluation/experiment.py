@@ -674,7 +674,7 @@ def plot_curves(curve: pl.DataFrame, path, title: str):
                 x, [a - b for a, b in zip(y, h)], [a + b for a, b in zip(y, h)], color=line.get_color(), alpha=0.15
             )
         ax.set_title(f"{pool} pool", fontsize=9)
-        ax.set_xlabel("GRPO steps (16 problems x 8 rollouts each)")
+        ax.set_xlabel("GRPO steps (the same problems x rollouts per step for every arm)")
         ax.set_ylabel("sampled pass@1 on held-out target problems (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -219,7 +219,8 @@ def _contrast_table(contrasts: pl.DataFrame) -> str:
         full = f"{r['full_mix_points']:+.1f}" if r["full_mix_points"] is not None else ""
         steps = r["median_steps_to_comparator_final"]
         reach = f"{steps:.0f} ({r['seeds_reaching_it']}/{r['seeds']} seeds)" if steps != float("inf") else "not reached"
-        share = f"{100 * r['arm_corrupted_share']:.0f}%" if r["arm_corrupted_share"] is not None else ""
+        corrupted = r["arm_corrupted_share"] if r["pool"] == "coin_flip" else None
+        share = f"{100 * corrupted:.0f}%" if corrupted is not None else ""
         lines.append(
             f"| {r['family']} | {r['pool']} | {r['arm']} − {r['comparator']} | {r['mean_points']:+.1f} | "
             f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['p_sign_flip']:.4f} | {holm} | {verdict(r)} | "
