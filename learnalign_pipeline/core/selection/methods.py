@@ -38,6 +38,7 @@ class SelectionSignals:
     validation_features: torch.Tensor | None = None  # [m, d] raw projected gradients of the trusted validation problems
     cold_success_rate: torch.Tensor | None = None  # p_i at the base policy (LearnAlign w/o warm-up)
     cold_unit_features: torch.Tensor | None = None  # u_i at the base policy
+    zero_variance_unit_features: torch.Tensor | None = None  # u_i of p in {0,1} problems: their KL-only gradient
     limr_trajectory: torch.Tensor | None = None  # [n, E] per-epoch accuracy in a full-data GRPO run, NaN = not seen
     response_tokens: torch.Tensor | None = None  # mean completion length of the rollouts
     perplexity: torch.Tensor | None = None  # PPL(reference answer | question) under the scoring policy
@@ -61,8 +62,15 @@ def learnalign(signals: SelectionSignals, include_self: bool = True) -> torch.Te
 
 
 def learnalign_no_learnability(signals: SelectionSignals) -> torch.Tensor:
-    """Ablation "w/o data learnability V": Avg_i = <u_i, (1/n) sum_j u_j> (V_i = 1 for every problem)."""
+    """Ablation "w/o data learnability V": Avg_i = <u_i, (1/n) sum_j u_j> (V_i = 1 for every problem).
+
+    To isolate V, problems with p in {0, 1} need a direction of their own: their GRPO gradient is the KL term alone
+    (zero advantage), against LearnAlign's reference, the initial model (`zero_variance_unit_features`, rows of
+    learnable problems zero). Without that signal their rows are zero, so they score 0 and the ablation still
+    filters by p, which is what it is meant to remove."""
     u = signals.need("unit_features", "learnalign_no_learnability")
+    extra = signals.need("zero_variance_unit_features", "learnalign_no_learnability")
+    u = torch.where((u.norm(dim=1, keepdim=True) > 0), u, extra)
     return learnalign_scores(torch.ones(u.shape[0]), u)[0]
 
 
@@ -217,7 +225,11 @@ def full_data(signals: SelectionSignals) -> torch.Tensor:
     return torch.ones(len(signals.problem_ids))
 
 
-SEEDED = {"random", "accuracy_band", "zero_variance"}  # methods whose selection depends on the seed (the others only train with it)
+SEEDED = {
+    "random",
+    "accuracy_band",
+    "zero_variance",
+}  # methods whose selection depends on the seed (the others only train with it)
 
 METHODS = {
     "learnalign": learnalign,

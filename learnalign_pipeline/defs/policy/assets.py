@@ -1,7 +1,6 @@
 """The policies: the base policy (the built-in tiny policy pre-trained here, or a given checkpoint), the GRPO
 warm-up policy (LearnAlign step 1) and the policy RL-trained on the selected subset."""
 
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
