@@ -49,6 +49,9 @@ GROUP = "experiment"
 # Bump when a seed's cached tables would change for the same settings (experiment, training or evaluation logic).
 EXPERIMENT_ROWS_VERSION = "1"
 TABLES = ("accuracy", "selections", "diagnostics")
+# The pipeline's projection (Kronecker 16 x 16); 16 problems per batched backward are ~25% faster on CPU than the
+# row cache's content-defined batches of ~4 (the experiment computes its features in memory, not in the cache).
+FEATURES = FeatureConfig(problems_per_batch=16)
 
 
 class ExperimentDataRunConfig(config_view(ExperimentDataConfig)):
@@ -103,6 +106,7 @@ def _cache(step: Step):
         "experiment": config,
         "problems": content_digest(inputs["experiment_problems"]),
         "base_policy": inputs["experiment_base_policy"].path.name,
+        "features": dataclasses.asdict(FEATURES),
         "task": dataclasses.asdict(step.resources.task.config()),
         "grpo": step.resources.grpo_loss.model_dump(),
     }
@@ -139,7 +143,7 @@ def _shard(step: Step, work: dict) -> dict:
             step.inputs["experiment_problems"],
             config,
             grpo,
-            FeatureConfig(),
+            FEATURES,
             task,
             step.context.log.info,
         )
