@@ -19,7 +19,9 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import polars as pl
 import torch
@@ -147,13 +149,6 @@ class SeedResult:
     diagnostics: pl.DataFrame  # seed, metric, group, value
 
 
-def _evaluate(model, tokenizer, problems, verifier, task: TaskConfig, samples: int, seed: int, name: str) -> dict:
-    spec = SamplingSpec(samples, 1.0, 1.0, task.max_new_tokens)
-    backend = TransformersBackend(model, tokenizer)
-    result, _ = pass_at_1(backend, problems, verifier, task.prompt_format(), spec, name, name, seed=seed)
-    return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_samples": samples * problems.height}
-
-
 def _signals(rates: pl.DataFrame, features: torch.Tensor, validation: torch.Tensor | None = None) -> SelectionSignals:
     if validation is not None and validation.shape[1] != features.shape[1]:
         # one side had no problem with 0 < p < 1, hence no gradient at all: zeros of the other side's width
@@ -171,13 +166,166 @@ def _signals(rates: pl.DataFrame, features: torch.Tensor, validation: torch.Tens
     )
 
 
-def _with_rows(features: torch.Tensor, rates: pl.DataFrame, fresh: torch.Tensor, fresh_rates: pl.DataFrame):
-    """`features` with the rows of `fresh_rates`' problems replaced by `fresh` (rows follow `rates`)."""
-    row_of = {pid: i for i, pid in enumerate(rates["problem_id"].to_list())}
-    out = features.clone()
-    for j, pid in enumerate(fresh_rates["problem_id"].to_list()):
-        out[row_of[pid]] = fresh[j]
-    return out
+class _Seed:
+    """One pipeline seed: what its steps share (models, problem sets, settings, seed streams, the rows so far)."""
+
+    def __init__(self, seed, base_model, tokenizer, problems, config, grpo, features, task, log):
+        self.seed, self.base, self.tokenizer = seed, base_model, tokenizer
+        self.config, self.grpo, self.features, self.task, self.log = config, grpo, features, task, log
+        self.role = {r: problems.filter(pl.col("role") == r).drop("role") for r in problems["role"].unique().to_list()}
+        self.pools = {"clean": self.role["pool"], "coin_flip": self.role["pool_coin_flip"]}
+        self.verifier, self.template = task.make_verifier(), task.prompt_format()
+        self.loss = grpo.loss(task.max_new_tokens)
+        # training's KL reference: the base policy when configured so, else (None) a copy of each run's start
+        self.reference = base_model if grpo.reference == "base" and grpo.beta else None
+        self.eval_seed = self.stream("evaluation")  # every arm and step of the seed: common random numbers
+        self.seconds: dict[str, float] = {}
+        self.selections: list[pl.DataFrame] = []
+
+    def stream(self, purpose: str) -> int:
+        """An independent seed per purpose of this pipeline seed."""
+        return derived_seed(self.seed, purpose)
+
+    def grpo_run(self, **overrides) -> GRPOConfig:
+        return dataclasses.replace(self.grpo, checkpoint_every=0, num_samples=self.config.num_samples, **overrides)
+
+    @contextmanager
+    def timed(self, part: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
+
+    def evaluate(self, model, step: int) -> list[dict]:
+        """Sampled pass@1 on the target set, and on the full mix at the start and the last step."""
+        sets = ("target", "full") if step in (0, self.config.steps) else ("target",)
+        spec = SamplingSpec(self.config.eval_samples, 1.0, 1.0, self.task.max_new_tokens)
+        rows = []
+        with self.timed("evaluation"):
+            for name in sets:
+                backend = TransformersBackend(model, self.tokenizer)
+                problems = self.role[name]
+                result, _ = pass_at_1(backend, problems, self.verifier, self.template, spec, name, name, self.eval_seed)
+                samples = self.config.eval_samples * problems.height
+                rows.append(
+                    {
+                        "step": step,
+                        "eval_set": name,
+                        "accuracy": result.accuracy,
+                        "num_correct": result.num_correct,
+                        "num_samples": samples,
+                    }
+                )
+        return rows
+
+    def warm_up(self):
+        """The base policy after GRPO on a fresh random subset of the clean pool (both pools start from it)."""
+        pool = self.pools["clean"]
+        subset = pool.sample(n=min(self.config.warmup_subset, pool.height), seed=self.stream("warmup_subset"))
+        warm = copy.deepcopy(self.base)
+        run = self.grpo_run(
+            steps=self.config.warmup_steps, problems_per_step=self.config.problems_per_step, seed=self.stream("warmup")
+        )
+        with self.timed("warmup"):
+            train_grpo(warm, self.tokenizer, subset, self.verifier, run, self.task, reference=self.reference)
+        return warm
+
+    def pool_signals(self, warm, sampling: SamplingSpec, loss, ref, purpose: str) -> dict[str, tuple]:
+        """(success rates, raw projected gradients) of both pools at `warm`. The coin-flip pool reuses the clean
+        pool's samples: only its flagged problems' rewards, hence rates and gradients, are recomputed."""
+        backend = TransformersBackend(warm, self.tokenizer)
+        clean = self.pools["clean"]
+        rollouts = sample_rollouts(backend, clean, sampling, self.verifier, self.template, self.stream(purpose))
+        rates = success_rates(rollouts)
+        gradients = partial(
+            features_for_rates,
+            warm,
+            ref,
+            self.tokenizer,
+            loss_config=loss,
+            settings=self.features,
+            template=self.template,
+        )
+        out = {"clean": (rates, gradients(problems=clean, rollouts=rollouts, rates=rates))}
+        coin = self.pools["coin_flip"]
+        coin_rollouts = reward_rollouts(rollouts, coin, self.verifier)
+        coin_rates = success_rates(coin_rollouts)
+        flipped = coin_rates.filter(pl.col("problem_id").is_in(coin.filter(noisy_flags(coin))["problem_id"]))
+        fresh = gradients(problems=coin, rollouts=coin_rollouts, rates=flipped, empty_width=out["clean"][1].shape[1])
+        features = out["clean"][1].clone()
+        row_of = {pid: i for i, pid in enumerate(coin_rates["problem_id"].to_list())}
+        for j, pid in enumerate(flipped["problem_id"].to_list()):
+            features[row_of[pid]] = fresh[j]
+        out["coin_flip"] = (coin_rates, features)
+        return out
+
+    def select(self, pool: str, arm: str, signals: SelectionSignals, rates: pl.DataFrame) -> pl.DataFrame:
+        """The arm's N problems on `pool` (recorded with their cells, p, scores and noisy flags)."""
+        scores = method_scores(RULES[arm], signals, self.stream(arm))
+        picked = top_n(scores, signals.problem_ids, self.config.budget)
+        chosen = pl.DataFrame({"problem_id": [signals.problem_ids[i] for i in picked]})
+        chosen = chosen.join(self.pools[pool], on="problem_id", how="left", maintain_order="left")
+        self.selections.append(
+            _selection_frame(self.seed, pool, arm, 0, chosen, rates, [float(scores[i]) for i in picked])
+        )
+        return chosen
+
+    def train_static(self, warm, subset: pl.DataFrame) -> list[dict]:
+        """`steps` GRPO steps on the subset from the warm-up policy, evaluated at every evaluation step."""
+        model, rows = copy.deepcopy(warm), []
+
+        def on_step(record: dict) -> None:
+            if record["step"] + 1 in self.config.eval_steps:
+                rows.extend(self.evaluate(model, record["step"] + 1))
+
+        run = self.grpo_run(
+            steps=self.config.steps, problems_per_step=self.config.problems_per_step, seed=self.stream("training")
+        )
+        train_grpo(model, self.tokenizer, subset, self.verifier, run, self.task, log=on_step, reference=self.reference)
+        return rows
+
+    def train_curriculum(self, warm, pool: str) -> list[dict]:
+        """GradAlign's rounds: score chunk r with the current policy, keep the top M/q, train steps / rounds steps
+        with a fresh optimizer (GradAlign restarts training every round), evaluate at the round's end."""
+        config, problems = self.config, self.pools[pool]
+        model, rows, per_round = copy.deepcopy(warm), [], config.steps // config.curriculum_rounds
+        spec = CurriculumConfig(
+            chunk_size=config.curriculum_chunk,
+            keep=config.curriculum_keep,
+            candidate_samples=config.num_samples,
+            validation_samples=config.validation_samples,
+            method="gradalign",
+            seed=self.stream("curriculum"),
+            scorer=config.gradalign_scorer,
+        )
+        for r in range(config.curriculum_rounds):
+            ids = curriculum_chunk(problems["problem_id"].to_list(), spec.chunk_size, r, spec.seed)
+            chunk = problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
+            ref = (self.reference if self.reference is not None else model) if self.loss.beta else None
+            scored = score_chunk(
+                model,
+                ref,
+                self.tokenizer,
+                chunk,
+                self.role["validation"],
+                self.verifier,
+                self.loss,
+                self.features,
+                self.task,
+                spec,
+                r,
+            )
+            kept = scored.filter(pl.col("selected")).sort("score", "problem_id", descending=[True, False])
+            subset = kept.select("problem_id").join(problems, on="problem_id", how="left", maintain_order="left")
+            self.selections.append(
+                _selection_frame(self.seed, pool, "gradalign_curriculum", r + 1, subset, kept, kept["score"].to_list())
+            )
+            run = self.grpo_run(
+                steps=per_round, problems_per_step=config.problems_per_step, seed=self.stream("training") + r
+            )
+            train_grpo(model, self.tokenizer, subset, self.verifier, run, self.task, reference=self.reference)
+            if per_round * (r + 1) in config.eval_steps:
+                rows += self.evaluate(model, per_round * (r + 1))
+        return rows
 
 
 def run_seed(
@@ -192,266 +340,65 @@ def run_seed(
     log: Callable[[str], None] = lambda message: None,
 ) -> SeedResult:
     """One full pipeline for `seed`: warm-up, scoring, every arm on both pools, evaluations, diagnostics."""
-    role = {r: problems.filter(pl.col("role") == r).drop("role") for r in problems["role"].unique().to_list()}
-    pools = {"clean": role["pool"], "coin_flip": role["pool_coin_flip"]}
-    verifier, template = task.make_verifier(), task.prompt_format()
-    seconds: dict[str, float] = {}
-    reference = base_model if grpo.reference == "base" and grpo.beta else None
+    s = _Seed(seed, base_model, tokenizer, problems, config, grpo, features, task, log)
+    warm = s.warm_up()
+    start = s.evaluate(warm, 0)
 
-    def stream(purpose: str) -> int:
-        """One independent seed per purpose of this pipeline seed."""
-        return derived_seed(seed, purpose)
-
-    def run(**overrides) -> GRPOConfig:
-        return dataclasses.replace(grpo, checkpoint_every=0, num_samples=config.num_samples, **overrides)
-
-    def timed(part: str):
-        started = time.perf_counter()
-        return lambda: seconds.__setitem__(part, seconds.get(part, 0.0) + time.perf_counter() - started)
-
-    # 1. Warm-up from the base policy on a fresh random subset of the (clean) pool; both pools start from it.
-    done = timed("warmup")
-    warm = copy.deepcopy(base_model)
-    subset = pools["clean"].sample(n=min(config.warmup_subset, pools["clean"].height), seed=stream("warmup_subset"))
-    train_grpo(
-        warm,
-        tokenizer,
-        subset,
-        verifier,
-        run(steps=config.warmup_steps, problems_per_step=config.problems_per_step, seed=stream("warmup")),
-        task,
-        reference=reference,
-    )
-    done()
-
-    eval_seed = stream("evaluation")  # shared by every arm and step of this seed: common random numbers
-    accuracy_rows: list[dict] = []
-
-    def evaluate(model, step: int, sets: tuple[str, ...]) -> list[dict]:
-        done = timed("evaluation")
-        out = [
-            {
-                "step": step,
-                "eval_set": s,
-                **_evaluate(model, tokenizer, role[s], verifier, task, config.eval_samples, eval_seed, s),
-            }
-            for s in sets
-        ]
-        done()
-        return out
-
-    start_rows = evaluate(warm, 0, ("target", "full"))
-
-    # 2. LearnAlign's signals: K rollouts at T=1 and the pipeline's loss at the warm-up policy.
-    done = timed("scoring_learnalign")
-    loss = grpo.loss(task.max_new_tokens)
-    feature_ref = (base_model if grpo.reference == "base" else warm) if loss.beta else None
-    spec = SamplingSpec(config.num_samples, 1.0, 1.0, task.max_new_tokens)
-    rollouts = sample_rollouts(
-        TransformersBackend(warm, tokenizer), pools["clean"], spec, verifier, template, stream("scoring")
-    )
-    ours = {}
-    for name, pool in pools.items():
-        pool_rollouts = rollouts if name == "clean" else reward_rollouts(rollouts, pool, verifier)
-        rates = success_rates(pool_rollouts)
-        changed = noisy_flags(pool).to_list()
-        if name == "clean":
-            feats = features_for_rates(
-                warm, feature_ref, tokenizer, pool, pool_rollouts, rates, loss, features, template
-            )
-        else:  # same samples: only the coin-flip problems' rewards, hence features, differ
-            flipped_ids = pool.filter(pl.Series(changed))["problem_id"].to_list()
-            flipped_rates = rates.filter(pl.col("problem_id").is_in(flipped_ids))
-            fresh = features_for_rates(
-                warm,
-                feature_ref,
-                tokenizer,
-                pool,
-                pool_rollouts,
-                flipped_rates,
-                loss,
-                features,
-                template,
-                empty_width=ours["clean"][1].shape[1],
-            )
-            feats = _with_rows(ours["clean"][1], rates, fresh, flipped_rates)
-        ours[name] = (rates, feats)
-    done()
-
-    # 3. GradAlign's signals: its scorer on the pool and on the trusted validation set.
-    done = timed("scoring_gradalign")
-    g_sampling, g_loss = gradalign_scoring(config.gradalign_scorer, loss, config.num_samples, task.max_new_tokens)
-    g_ref = feature_ref if g_loss.beta else None
-    backend = TransformersBackend(warm, tokenizer)
-    g_rollouts = sample_rollouts(backend, pools["clean"], g_sampling, verifier, template, stream("gradalign_scoring"))
-    v_sampling = dataclasses.replace(g_sampling, num_samples=config.validation_samples)
-    v_rollouts = sample_rollouts(backend, role["validation"], v_sampling, verifier, template, stream("validation"))
-    v_features = features_for_rates(
-        warm,
-        g_ref,
-        tokenizer,
-        role["validation"],
-        v_rollouts,
-        success_rates(v_rollouts),
-        g_loss,
-        features,
-        template,
-        empty_width=ours["clean"][1].shape[1],
-    )
-    theirs = {}
-    for name, pool in pools.items():
-        pool_rollouts = g_rollouts if name == "clean" else reward_rollouts(g_rollouts, pool, verifier)
-        rates = success_rates(pool_rollouts)
-        if name == "clean":
-            feats = features_for_rates(warm, g_ref, tokenizer, pool, pool_rollouts, rates, g_loss, features, template)
-        else:
-            flipped_rates = rates.filter(pl.col("problem_id").is_in(pool.filter(noisy_flags(pool))["problem_id"]))
-            fresh = features_for_rates(
-                warm,
-                g_ref,
-                tokenizer,
-                pool,
-                pool_rollouts,
-                flipped_rates,
-                g_loss,
-                features,
-                template,
-                empty_width=theirs["clean"][1].shape[1],
-            )
-            feats = _with_rows(theirs["clean"][1], rates, fresh, flipped_rates)
-        theirs[name] = (rates, feats)
-    done()
-
-    # 4. Every static rule's selection on both pools (also the untrained ones: their corrupted shares are reported).
-    selection_rows: list[pl.DataFrame] = []
-    subsets: dict[tuple[str, str], pl.DataFrame] = {}
-    for name, pool in pools.items():
-        for arm, rule in RULES.items():
-            rates, feats = theirs[name] if arm == "gradalign_static" else ours[name]
-            signals = _signals(rates, feats, v_features if arm == "gradalign_static" else None)
-            scores = method_scores(rule, signals, stream(arm))
-            picked = top_n(scores, signals.problem_ids, config.budget)
-            chosen = pl.DataFrame({"problem_id": [signals.problem_ids[i] for i in picked]})
-            subsets[(name, arm)] = chosen.join(pool, on="problem_id", how="left", maintain_order="left")
-            selection_rows.append(
-                _selection_frame(seed, name, arm, 0, subsets[(name, arm)], rates, [float(scores[i]) for i in picked])
-            )
-
-    # 5. Train and evaluate every arm: equal steps x problems x rollouts from the warm-up policy.
-    train_seed = stream("training")
-    for name, pool in pools.items():
-        for arm in config.arms if name == "clean" else config.coin_flip_arms:
-            done = timed(f"train_{name}")
-            model = copy.deepcopy(warm)
-            rows = [dict(r) for r in start_rows]
-            if arm == "gradalign_curriculum":
-                rows += _curriculum(
-                    model,
-                    warm,
-                    tokenizer,
-                    pool,
-                    role["validation"],
-                    config,
-                    run,
-                    loss,
-                    features,
-                    task,
-                    verifier,
-                    reference,
-                    stream,
-                    train_seed,
-                    evaluate,
-                    selection_rows,
-                    seed,
-                    name,
-                )
-            else:
-
-                def on_step(record: dict, model=model, rows=rows, last=config.steps) -> None:
-                    step = record["step"] + 1
-                    if step in config.eval_steps:
-                        rows.extend(evaluate(model, step, ("target", "full") if step == last else ("target",)))
-
-                train_grpo(
-                    model,
-                    tokenizer,
-                    subsets[(name, arm)],
-                    verifier,
-                    run(steps=config.steps, problems_per_step=config.problems_per_step, seed=train_seed),
-                    task,
-                    log=on_step,
-                    reference=reference,
-                )
-            accuracy_rows += [{"seed": seed, "pool": name, "arm": arm, **r} for r in rows]
-            done()
-            target = [r["accuracy"] for r in rows if r["eval_set"] == "target"]
-            log(f"seed {seed} {name} {arm}: target accuracy " + " -> ".join(f"{100 * a:.1f}" for a in target))
-
-    diagnostics = _diagnostics(seed, ours["clean"], pools["clean"], seconds)
-    return SeedResult(
-        accuracy=pl.DataFrame(accuracy_rows).select(
-            "seed", "pool", "arm", "step", "eval_set", "accuracy", "num_correct", "num_samples"
-        ),
-        selections=pl.concat(selection_rows),
-        diagnostics=diagnostics,
-    )
-
-
-def _curriculum(
-    model,
-    warm,
-    tokenizer,
-    pool,
-    validation,
-    config,
-    run,
-    loss,
-    features,
-    task,
-    verifier,
-    reference,
-    stream,
-    train_seed,
-    evaluate,
-    selection_rows,
-    seed,
-    pool_name,
-) -> list[dict]:
-    """GradAlign's rounds: score chunk r with the current policy, keep the top M/q, train steps / rounds steps with
-    a fresh optimizer (GradAlign restarts training every round), evaluate at the round's end."""
-    per_round, rows = config.steps // config.curriculum_rounds, []
-    spec = CurriculumConfig(
-        chunk_size=config.curriculum_chunk,
-        keep=config.curriculum_keep,
-        candidate_samples=config.num_samples,
-        validation_samples=config.validation_samples,
-        method="gradalign",
-        seed=stream("curriculum"),
-        scorer=config.gradalign_scorer,
-    )
-    for r in range(config.curriculum_rounds):
-        ids = curriculum_chunk(pool["problem_id"].to_list(), spec.chunk_size, r, spec.seed)
-        chunk = pool.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
-        ref = (reference if reference is not None else model) if loss.beta else None
-        scored = score_chunk(model, ref, tokenizer, chunk, validation, verifier, loss, features, task, spec, r)
-        chosen = scored.filter(pl.col("selected")).sort("score", "problem_id", descending=[True, False])
-        picked = chosen.select("problem_id").join(pool, on="problem_id", how="left", maintain_order="left")
-        selection_rows.append(
-            _selection_frame(seed, pool_name, "gradalign_curriculum", r + 1, picked, chosen, chosen["score"].to_list())
-        )
-        train_grpo(
-            model,
+    # LearnAlign's signals: K rollouts at T = 1 and the pipeline's loss (its KL reference: the base policy, or the
+    # scored policy itself) at the warm-up policy.
+    with s.timed("scoring_learnalign"):
+        ref = (base_model if grpo.reference == "base" else warm) if s.loss.beta else None
+        sampling = SamplingSpec(config.num_samples, 1.0, 1.0, task.max_new_tokens)
+        ours = s.pool_signals(warm, sampling, s.loss, ref, "scoring")
+    # GradAlign's signals: its scorer on the pool and on the trusted validation set.
+    with s.timed("scoring_gradalign"):
+        g_sampling, g_loss = gradalign_scoring(config.gradalign_scorer, s.loss, config.num_samples, task.max_new_tokens)
+        g_ref = ref if g_loss.beta else None
+        theirs = s.pool_signals(warm, g_sampling, g_loss, g_ref, "gradalign_scoring")
+        validation = s.role["validation"]
+        v_sampling = dataclasses.replace(g_sampling, num_samples=config.validation_samples)
+        backend = TransformersBackend(warm, tokenizer)
+        v_rollouts = sample_rollouts(backend, validation, v_sampling, s.verifier, s.template, s.stream("validation"))
+        v_features = features_for_rates(
+            warm,
+            g_ref,
             tokenizer,
-            picked,
-            verifier,
-            run(steps=per_round, problems_per_step=config.problems_per_step, seed=train_seed + r),
-            task,
-            reference=reference,
+            validation,
+            v_rollouts,
+            success_rates(v_rollouts),
+            g_loss,
+            features,
+            s.template,
+            empty_width=theirs["clean"][1].shape[1],
         )
-        step = per_round * (r + 1)
-        if step in config.eval_steps:
-            rows += evaluate(model, step, ("target", "full") if step == config.steps else ("target",))
-    return rows
+
+    # Every static rule selects on both pools (the untrained ones too: their corrupted shares are reported), then
+    # every arm trains the same steps x problems x rollouts from the warm-up policy.
+    accuracy = []
+    for pool in POOLS:
+        subsets = {}
+        for arm in RULES:
+            rates, feats = theirs[pool] if arm == "gradalign_static" else ours[pool]
+            validation_features = v_features if arm == "gradalign_static" else None
+            subsets[arm] = s.select(pool, arm, _signals(rates, feats, validation_features), rates)
+        for arm in config.arms if pool == "clean" else config.coin_flip_arms:
+            with s.timed(f"train_{pool}"):
+                rows = (
+                    s.train_curriculum(warm, pool)
+                    if arm == "gradalign_curriculum"
+                    else s.train_static(warm, subsets[arm])
+                )
+            rows = start + rows
+            accuracy += [{"seed": seed, "pool": pool, "arm": arm, **r} for r in rows]
+            target = [r["accuracy"] for r in rows if r["eval_set"] == "target"]
+            log(f"seed {seed} {pool} {arm}: target accuracy " + " -> ".join(f"{100 * a:.1f}" for a in target))
+
+    columns = ["seed", "pool", "arm", "step", "eval_set", "accuracy", "num_correct", "num_samples"]
+    return SeedResult(
+        accuracy=pl.DataFrame(accuracy).select(columns),
+        selections=pl.concat(s.selections),
+        diagnostics=_diagnostics(seed, ours["clean"], s.pools["clean"], s.seconds),
+    )
 
 
 def _selection_frame(
