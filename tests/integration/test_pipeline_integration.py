@@ -217,7 +217,7 @@ def test_comparison_job_selects_trains_and_reports_every_method(materialized):
     pool = _load(events["raw_problems"])
     assert subsets.filter(pl.col("method") == "full_data")["problem_id"].n_unique() == pool.height
     sizes = subsets.filter(pl.col("method") != "full_data").group_by("method", "budget", "seed").len()
-    assert (sizes["len"] == sizes["budget"]).all() and sizes["method"].n_unique() == 17
+    assert (sizes["len"] == sizes["budget"]).all() and sizes["method"].n_unique() == 18  # every rule but full_data
     results = _load(latest("comparison_results"))
     runs = results.filter(pl.col("method").is_in(["learnalign", "gradalign", "limr", "full_data"]))
     assert runs.height == 4 * 2 * 2 and set(runs["steps"]) == {2}
