@@ -424,8 +424,9 @@ def _selection_frame(
 def _diagnostics(
     seed: int, signals: tuple[pl.DataFrame, torch.Tensor], pool: pl.DataFrame, seconds: dict
 ) -> pl.DataFrame:
-    """What explains a null result without training: the p classes per family and cell, Spearman(LearnAlign score,
-    V) among learnable problems, and the mean gradient cosine within vs between families."""
+    """What explains a null result without training: the p histogram and p classes per family and cell,
+    Spearman(LearnAlign score, V) among learnable problems, the mean gradient cosine within vs between families, and
+    the seconds each part took (`train_<pool>` includes its arms' evaluations)."""
     rates, feats = signals
     table = rates.select("problem_id", "success_rate").join(
         pool.select("problem_id", "category", "extra"), on="problem_id", how="left", maintain_order="left"
@@ -447,6 +448,10 @@ def _diagnostics(
                         "value": float(share),
                     }
                 )
+    # the p histogram per family: share of the family's problems at each observed success rate
+    for (family, p_value), frame in table.group_by("category", "success_rate", maintain_order=True):
+        share = frame.height / table.filter(pl.col("category") == family).height
+        rows.append({"metric": f"p_histogram:{family}", "group": f"{p_value:.3f}", "value": share})
     p = rates["success_rate"]
     rows += [
         {"metric": m, "group": "pool", "value": float(v)}

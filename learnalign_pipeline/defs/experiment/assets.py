@@ -39,6 +39,7 @@ from ...core.storage.artifacts import Checkpoint, atomic_write_bytes, content_di
 from ...core.training.config import GRPOConfig
 from ...lib.config import config_view, settings
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
+from ...lib.progress import step_progress
 from ...lib.resources import ArtifactStore, TaskSettings
 from ...lib.sharded import NUM_SHARDS, Step, sharded_asset
 from ...lib.tags import MANUAL, gpu_asset, gpu_step
@@ -128,30 +129,25 @@ def _shard(step: Step, work: dict) -> dict:
     config = settings(step.config, ExperimentConfig)
     grpo = GRPOConfig(**step.resources.grpo_loss.model_dump())
     task = step.resources.task.config()
-    computed, reused, seconds = [], [], {}
-    models = None
-    for seed in work["seeds"]:
-        if _seed_path(ns, seed, "accuracy").exists():  # written last: the seed finished
-            reused.append(seed)
-            continue
-        if models is None:
-            models = load_policy(step.inputs["experiment_base_policy"].path)
-        started = time.perf_counter()
-        result = run_seed(
-            seed,
-            *models,
-            step.inputs["experiment_problems"],
-            config,
-            grpo,
-            FEATURES,
-            task,
-            step.context.log.info,
-        )
-        for table in TABLES:
-            atomic_write_bytes(_seed_path(ns, seed, table), frame_bytes(getattr(result, table)))
-        seconds[str(seed)] = round(time.perf_counter() - started, 1)
-        step.context.log.info(f"seed {seed} done in {seconds[str(seed)]:.0f} s")
-        computed.append(seed)
+    computed, seconds = [], {}
+    todo = [seed for seed in work["seeds"] if not _seed_path(ns, seed, "accuracy").exists()]  # written last
+    reused = [seed for seed in work["seeds"] if seed not in todo]
+    models = load_policy(step.inputs["experiment_base_policy"].path) if todo else None
+    runs_per_seed = len(config.arms) + len(config.coin_flip_arms)
+    with step_progress(step.context, len(todo) * runs_per_seed, "arm runs") as progress:
+
+        def log(message: str) -> None:
+            step.context.log.info(message)
+            progress({})
+
+        for seed in todo:
+            started = time.perf_counter()
+            result = run_seed(seed, *models, step.inputs["experiment_problems"], config, grpo, FEATURES, task, log)
+            for table in TABLES:
+                atomic_write_bytes(_seed_path(ns, seed, table), frame_bytes(getattr(result, table)))
+            seconds[str(seed)] = round(time.perf_counter() - started, 1)
+            step.context.log.info(f"seed {seed} done in {seconds[str(seed)]:.0f} s")
+            computed.append(seed)
     return {"computed": computed, "reused": reused, "seconds": seconds}
 
 
@@ -285,6 +281,16 @@ def experiment_report(
     if contrasts.height:
         append_to_duckdb(duckdb, "selection_experiment_contrasts", contrasts.with_columns(run_id))
     shares = experiment_diagnostics.filter(pl.col("metric").is_in(["p0", "learnable", "p1"]))
+    histogram = (
+        experiment_diagnostics.filter(pl.col("metric").str.starts_with("p_histogram:"))
+        .with_columns(pl.col("metric").str.strip_prefix("p_histogram:").alias("family"))
+        .group_by("family", "group")
+        .agg((100 * pl.col("value").sum() / seeds).round(1).alias("percent"))
+        .sort("group")
+        .pivot(on="group", index="family", values="percent")
+        .fill_null(0.0)
+        .sort("family")
+    )
     per_family = experiment_diagnostics.filter(pl.col("metric").str.ends_with("_by_family"))
     power = contrasts.filter(pl.col("family") == "power_check").to_dicts() if contrasts.height else []
     at_last = curve.filter(pl.col("step") == last).select("pool", "arm", "mean", "half_width")
@@ -305,6 +311,7 @@ def experiment_report(
                 .sort("metric")
             )
         ),
+        p_histogram_by_family=dg.MetadataValue.md(markdown_table(histogram, float_digits=1)),
         p_shares_by_family=dg.MetadataValue.md(
             markdown_table(
                 per_family.group_by("metric", "group").agg(pl.col("value").mean()).sort("group", "metric"), max_rows=40
