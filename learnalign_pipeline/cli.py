@@ -8,6 +8,8 @@
     learnalign curriculum  GradAlign's adaptive curriculum, one selection and one checkpoint per round (after `demo`)
     learnalign dataset  pool|benchmark PATH [--format ...]: the file the daily loop reads (also `show`, `clear`)
     learnalign observe  observe the dataset files now; learnalign train-now: open the training window now
+    learnalign experiment  the pre-registered selection experiment (its own pool and policy; ~30 min on 2 idle
+                        cores), then print its contrasts against Random (asset `experiment_report`)
 
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
 `demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
@@ -124,6 +126,13 @@ def latest_comparison_table() -> str:
     return f"{metadata['table_a'].value}\n\nplot: {metadata['plot_path'].value}"
 
 
+def latest_experiment_table() -> str:
+    metadata = latest_metadata("experiment_report")
+    if metadata is None:
+        return "experiment_report has not been materialized yet: run `learnalign experiment`"
+    return f"{metadata['contrasts'].value}\n\nplot: {metadata['plot_path'].value}"
+
+
 def dev(extra: list[str], recover_every_s: float = 30.0) -> int:
     """`dg dev` from this interpreter's environment (no activated venv needed). While it runs, runs launched from
     the UI or by automation whose process died are recovered every `recover_every_s`. Ctrl-C reaches only this
@@ -167,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["demo", "dev", "report", "compare", "curriculum", *LOOP_COMMANDS])
+    parser.add_argument(
+        "command", choices=["demo", "dev", "report", "compare", "curriculum", "experiment", *LOOP_COMMANDS]
+    )
     parser.add_argument("--preset", default="demo", help="run-config preset (learnalign_pipeline/presets.py)")
     parser.add_argument(
-        "--png-dir", default=None, help="`compare`: also copy the accuracy-vs-budget plot into this directory"
+        "--png-dir", default=None, help="`compare`, `experiment`: also copy the plot into this directory"
     )
     args, rest = parser.parse_known_args(argv)
     prepare_environment()
@@ -191,14 +202,21 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(latest_benchmark_table())
         return 0
-    if args.png_dir:
-        ops = {**run_config.get("ops", {}), "comparison_report": {"config": {"png_dir": args.png_dir}}}
+    report = {"compare": "comparison_report", "experiment": "experiment_report"}.get(args.command)
+    if args.png_dir and report:
+        ops = {**run_config.get("ops", {}), report: {"config": {"png_dir": args.png_dir}}}
         run_config = {**run_config, "ops": ops}
-    job = "selection_comparison_job" if args.command == "compare" else "gradalign_curriculum_job"
+    job = {
+        "compare": "selection_comparison_job",
+        "curriculum": "gradalign_curriculum_job",
+        "experiment": "selection_experiment_job",
+    }[args.command]
     if not run_job(job, run_config):
         return 1
     if args.command == "compare":
         print(latest_comparison_table())
+    if args.command == "experiment":
+        print(latest_experiment_table())
     return 0
 
 

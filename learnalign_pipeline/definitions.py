@@ -10,8 +10,8 @@ from .defs.automation.conditions import with_automation
 from .lib.executors import default_executor
 from .lib.resources import bind_resources
 
-# Groups with their own jobs (`learnalign compare`, `learnalign curriculum`), not part of the pipeline run.
-EXTRA_GROUPS = ("comparison", "curriculum")
+# Groups with their own jobs (`learnalign compare`, `curriculum`, `experiment`), not part of the pipeline run.
+EXTRA_GROUPS = ("comparison", "curriculum", "experiment")
 
 # Materializes the pipeline: data -> policies -> rollouts -> gradients -> scores -> subset -> training -> benchmark.
 # It observes the dataset sources first (include_sources), so the tables record which dataset version they were

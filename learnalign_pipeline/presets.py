@@ -60,6 +60,48 @@ SMOKE_CURRICULUM: dict = {
     "resources": {"task": {"config": {"max_new_tokens": 16}}},
 }
 
+# The demo on a pool shaped like real data: the embedded generator's `realistic` mix for the pool, the benchmark and
+# the pre-training corpus (core/data/arithmetic.py). After warm-up about two thirds of the pool is always or never
+# solved and a third is learnable, spread over every family (calibration: docs/results.md).
+REALISTIC: dict = {"resources": {"arithmetic": {"config": {"mix": "realistic"}}}}
+
+# The selection experiment end to end in about a minute (2 seeds, tiny sizes): for tests, not for numbers. The full
+# pre-registered experiment is the job's defaults (`learnalign experiment`).
+SMOKE_EXPERIMENT: dict = {
+    "ops": {
+        "experiment_problems": {
+            "config": {
+                "pool_size": 60,
+                "heldout_generated": 400,
+                "target_size": 16,
+                "validation_size": 8,
+                "full_size": 16,
+            }
+        },
+        "experiment_base_policy": {
+            "config": {"corpus_size": 2000, "steps": 80, "batch_size": 32, "vocab_size": 320, "intermediate_size": 128}
+        },
+        "experiment_runs": {
+            "config": {
+                "seeds": [0, 1],
+                "budget": 8,
+                "steps": 2,
+                "problems_per_step": 4,
+                "num_samples": 4,
+                "eval_steps": [1, 2],
+                "eval_samples": 2,
+                "warmup_subset": 8,
+                "warmup_steps": 1,
+                "curriculum_rounds": 2,
+                "curriculum_chunk": 16,
+                "curriculum_keep": 4,
+                "validation_samples": 4,
+            }
+        },
+    },
+    "resources": {"task": {"config": {"max_new_tokens": 16}}},
+}
+
 GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `path` elsewhere for another copy
 
 # LearnAlign's GSM8K setup, for a GPU node: pool = GSM8K train, benchmark = GSM8K test, chat template on, warm-up
@@ -162,8 +204,10 @@ CHAT_TINY: dict = {
 PRESETS: dict[str, dict] = {
     "smoke": SMOKE,
     "demo": {},
+    "realistic": REALISTIC,
     "gsm8k_gpu": GSM8K_GPU,
     "chat_tiny": CHAT_TINY,
     "smoke_comparison": SMOKE_COMPARISON,
     "smoke_curriculum": SMOKE_CURRICULUM,
+    "smoke_experiment": SMOKE_EXPERIMENT,
 }

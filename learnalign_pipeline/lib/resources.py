@@ -2,8 +2,9 @@
 
 Settings resources are views of core's settings objects (`lib/config.py`): `task` (how problems are posed and
 checked, shared by every generating stage), `grpo_loss` (the loss warm-up, the gradient features and training
-share), `compute` (device and precision), `trainer` (how GRPO trains: TRL processes, micro-batches) and
-`generator` (the vLLM engine). The others locate storage: artifacts, the row cache, the results
+share), `compute` (device and precision), `trainer` (how GRPO trains: TRL processes, micro-batches),
+`generator` (the vLLM engine) and `arithmetic` (the embedded generator's mix). The others locate storage:
+artifacts, the row cache, the results
 database and the watched dataset files.
 """
 
@@ -17,6 +18,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
 from ..core.compute import ComputeConfig
+from ..core.data.arithmetic import MIXES, ArithmeticConfig, ArithmeticMix
 from ..core.data.datasets import read_datasets
 from ..core.data.loaders import SourceConfig
 from ..core.policy.generation import GenerationBackend, TransformersBackend
@@ -131,6 +133,13 @@ class Generator(config_view(VLLMConfig, base=dg.ConfigurableResource)):
         self.close_engine()
 
 
+class ArithmeticSettings(config_view(ArithmeticConfig, base=dg.ConfigurableResource)):
+    """The embedded generator's mix, one setting for the pool, the benchmark and the pre-training corpus."""
+
+    def arithmetic_mix(self) -> ArithmeticMix:
+        return MIXES[settings(self, ArithmeticConfig).mix]
+
+
 class DatasetFiles(dg.ConfigurableResource):
     """The dataset files the problem splits read when their config has `source="datasets"` (the default), and the
     observable sources watch. The settings file (`learnalign dataset`) is read at every observation and load, so a
@@ -182,6 +191,7 @@ def bind_resources() -> dict:
         "grpo_loss": GRPOLoss(),
         "generator": Generator(),
         "duckdb": DuckDBResource(database=str(home / "results.duckdb")),
+        "arithmetic": ArithmeticSettings(),
         "datasets": DatasetFiles(
             pool_path=os.environ.get("LEARNALIGN_POOL_PATH", ""),
             benchmark_path=os.environ.get("LEARNALIGN_BENCHMARK_PATH", ""),

@@ -24,7 +24,8 @@ import torch
 
 import learnalign_pipeline
 
-from ..core.compute import ComputeConfig
+from ..core.compute import DTYPES, ComputeConfig
+from ..core.data.arithmetic import pretraining_corpus
 from ..core.evaluation.charts import CURVES, training_curves
 from ..core.policy.model import TinyPolicyConfig, load_policy, save_policy
 from ..core.storage.artifacts import Checkpoint, content_digest
@@ -32,6 +33,7 @@ from ..core.storage.hashing import settings_hash
 from ..core.task.config import TaskConfig
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, PretrainConfig, TrainerConfig
 from ..core.training.grpo import GRPOLossConfig
+from ..core.training.sft import pretrain_tiny_policy
 from ..core.training.trl_engine import ROLLOUT_RECORDS, Launch, TRLRun
 from .charts import image, present, table
 from .config import config_view, settings
@@ -68,6 +70,35 @@ def grpo_settings(config: dg.Config, grpo_loss: GRPOLoss, **overrides) -> GRPOCo
 
 def pretrain_settings(config: PretrainRunConfig) -> tuple[PretrainConfig, TinyPolicyConfig]:
     return settings(config, PretrainConfig), settings(config, TinyPolicyConfig)
+
+
+def pretrain_checkpoint(
+    context, config: PretrainRunConfig, task: TaskSettings, store: ArtifactStore, exclude_ids, corpus_mix, **recorded
+) -> dg.Output:
+    """Pre-train the built-in tiny policy on a corpus drawn from `corpus_mix` without the problems in `exclude_ids` (the
+    held-out ones), with a progress bar; `recorded` joins the config in the checkpoint's training_config.json."""
+    pretrain, spec = pretrain_settings(config)
+    questions, targets = pretraining_corpus(
+        pretrain.corpus_size, pretrain.corpus_seed, pretrain.shortcut_rates, exclude_ids=exclude_ids, mix=corpus_mix
+    )
+    started = time.perf_counter()
+    with step_progress(context, pretrain.steps, "pre-training steps") as progress:
+        model, tokenizer, history = pretrain_tiny_policy(
+            questions, targets, spec, pretrain, task.prompt_format(), log=progress
+        )
+    return publish_checkpoint(
+        store,
+        model,
+        tokenizer,
+        history,
+        config.model_dump() | recorded,
+        dtype=DTYPES[spec.save_dtype],
+        summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
+        corpus_examples=len(questions),
+        vocab_size=len(tokenizer),
+        final_loss=float(history[-1]["loss"]),
+        train_seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def reference_checkpoint(grpo_loss: GRPOLoss, start: Checkpoint, base: Checkpoint) -> Checkpoint:

@@ -53,10 +53,15 @@ def test_learnalign_is_the_row_average_of_the_explicit_matrix():
 
 def test_learnalign_ablations():
     s = signals()
-    # w/o learnability: <u_i, mean_j u_j>, mean = (2 e1 + e2) / 4
+    # w/o learnability: <u_i, mean_j u_j> over every problem; d (p in {0,1}) has only its KL-only direction, e1 here,
+    # so mean = (3 e1 + e2) / 4 and d is ranked like any other problem instead of being filtered out
+    kl_only = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], E1])
+    with_kl = signals(zero_variance_unit_features=kl_only)
     torch.testing.assert_close(
-        scores("learnalign_no_learnability", s), torch.tensor([0.5, 0.5, 0.25, 0.0], dtype=torch.float64)
+        scores("learnalign_no_learnability", with_kl), torch.tensor([0.75, 0.75, 0.25, 0.75], dtype=torch.float64)
     )
+    with pytest.raises(MissingSignal, match="zero_variance_unit_features"):
+        scores("learnalign_no_learnability", s)
     # inner product: V_i <phi_i, (1/n) sum_j V_j phi_j>; phi = (e1, 4 e1, 2 e2, 0), sum V_j phi_j = (1/4 + 3/4) e1 + (1/2) e2
     expected = torch.tensor([0.25 * 1.0 / 4, (3 / 16) * 4.0 / 4, 0.25 * 2 * 0.5 / 4, 0.0], dtype=torch.float64)
     torch.testing.assert_close(scores("learnalign_dot", s), expected, rtol=1e-6, atol=1e-9)
@@ -150,7 +155,7 @@ def test_ties_break_by_problem_id_and_unknown_methods_fail():
     assert select("accgreedy", s, 4).picked == [3, 1, 2, 0]
     with pytest.raises(ValueError, match="unknown selection method"):
         select("nope", s, 1)
-    assert len(METHODS) == 18
+    assert len(METHODS) == 19
 
 
 def test_unlearnable_problems_never_fill_the_budget_while_learnable_ones_remain():

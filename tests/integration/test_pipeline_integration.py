@@ -220,7 +220,7 @@ def test_comparison_job_selects_trains_and_reports_every_method(materialized):
     pool = _load(events["raw_problems"])
     assert subsets.filter(pl.col("method") == "full_data")["problem_id"].n_unique() == pool.height
     sizes = subsets.filter(pl.col("method") != "full_data").group_by("method", "budget", "seed").len()
-    assert sizes["method"].n_unique() == 17
+    assert sizes["method"].n_unique() == 18
     controls = sizes.filter(~pl.col("method").is_in(list(LEARNABLE_ONLY)))
     assert (controls["len"] == controls["budget"]).all()  # the controls fill the budget from the whole pool
     assert (sizes["len"] <= sizes["budget"]).all()  # learnability methods: only learnable problems, maybe fewer

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..data.noise import coin_flip_ids
 from ..task.prompts import PromptFormat
-from ..task.verify import Verifier
+from ..task.verify import CoinFlipVerifier, Verifier, score_rollouts
 from .generation import GenerationBackend, SamplingSpec, prompt_seeds, with_stop_strings
 
 ROLLOUT_SCHEMA = {
@@ -28,7 +29,9 @@ def sample_rollouts(
     template: str | PromptFormat,
     base_seed: int,
 ) -> pl.DataFrame:
-    """One row per (problem, sample) with the completion, its token ids and its reward."""
+    """One row per (problem, sample) with the completion, its token ids and its reward. Problems the table marks
+    as coin-flip (data/noise.py) get a fair coin per rollout instead of the verifier's reward: every stage that
+    samples (warm-up, scoring, training, curriculum) goes through here, so none can forget the noise."""
     ids = problems["problem_id"].to_list()
     fmt = template if isinstance(template, PromptFormat) else PromptFormat(template)
     tokenizer = getattr(backend, "tokenizer", None)  # only a chat format needs it
@@ -45,11 +48,23 @@ def sample_rollouts(
             rows["token_ids"].append(list(c.token_ids))
             rows["num_tokens"].append(len(c.token_ids))
             rows["finish_reason"].append(c.finish_reason)
-    golds = problems["answer"].to_list()
-    rows["reward"] = verifier.score_batch(
-        rows["completion"], [golds[i // spec.num_samples] for i in range(len(rows["completion"]))]
+    frame = pl.DataFrame({**rows, "reward": [0.0] * len(rows["completion"])}, schema=ROLLOUT_SCHEMA)
+    return reward_rollouts(frame, problems, verifier)
+
+
+def reward_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, verifier: Verifier) -> pl.DataFrame:
+    """`rollouts` with every reward computed from `problems`' table: the verifier against each gold, or a coin per
+    rollout for problems the table marks as coin-flip (data/noise.py). Re-rewarding the same samples under another
+    table (a pool where some problems got coin-flip rewards) needs no new generation."""
+    golds = dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list()))
+    ids = rollouts["problem_id"].to_list()
+    flagged = coin_flip_ids(problems)
+    if flagged:
+        verifier = CoinFlipVerifier(verifier, flagged)
+    rewards = score_rollouts(
+        verifier, ids, rollouts["seed"].to_list(), rollouts["completion"].to_list(), [golds[i] for i in ids]
     )
-    return pl.DataFrame(rows, schema=ROLLOUT_SCHEMA)
+    return rollouts.with_columns(pl.Series("reward", rewards, dtype=pl.Float32))
 
 
 def success_rates(rollouts: pl.DataFrame) -> pl.DataFrame:

@@ -106,8 +106,8 @@ class SelectionConfig:
     method: SelectionMethod = setting(
         "learnalign",
         "scoring rule (core/selection/methods.py, each documented with its formula): learnalign (default), "
-        "learnalign_no_learnability, learnalign_dot, random, accgreedy, accuracy_band, gradient_norm, "
-        "response_length, full_data here; gradalign*, learnalign_no_warmup, limr, perplexity_top and ifd need "
+        "learnalign_dot, random, accgreedy, accuracy_band, zero_variance, gradient_norm, response_length, "
+        "full_data here; learnalign_no_learnability, gradalign*, learnalign_no_warmup, limr, perplexity_top and ifd need "
         "the signals of the `comparison` group and are selected by its `comparison_subsets` asset",
     )
     seed: int = setting(0, "seed of the random and accuracy_band draws")

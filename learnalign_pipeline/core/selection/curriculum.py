@@ -1,14 +1,15 @@
 """GradAlign's adaptive curriculum (methods.md §4.3): rounds of score a chunk with the current policy, keep the
 top M/q by alignment with the trusted validation gradient, train T GRPO steps on them, repeat.
 
-One round's scoring is `score_chunk`; the training is `training.trainer.train_grpo`. The Dagster adapter
+One round's scoring is `score_chunk`; the training is TRL (`lib/training.py` launches it). The Dagster adapter
 materializes each round's selection and checkpoint as its own asset, so the lineage shows the curriculum.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import polars as pl
 import torch
@@ -24,6 +25,8 @@ from .features import features_for_rates
 from .methods import SelectionSignals, method_scores
 from .scoring import top_n, unit_rows
 
+GradAlignScorer = Literal["ours", "released"]
+
 
 @dataclass(frozen=True)
 class CurriculumConfig:
@@ -37,6 +40,28 @@ class CurriculumConfig:
         "gradalign", "a validation-aware rule: gradalign, gradalign_dot, gradalign_unit_mean, gradalign_learnability"
     )
     seed: int = setting(42, "seed of the pool shuffle (GradAlign: 42) and of the rollouts")
+    scorer: GradAlignScorer = setting(
+        "ours",
+        "ours: the pipeline's loss (what training minimizes: std-normalized advantages, KL) on rollouts at T=1; "
+        "released: GradAlign's released scorer (rollouts at T=0.7, top-p 0.95; advantages r - mean, no KL, token "
+        "mean, log-probabilities of the raw logits)",
+    )
+
+
+def gradalign_scoring(
+    scorer: GradAlignScorer, loss: GRPOLossConfig, num_samples: int, max_new_tokens: int
+) -> tuple[SamplingSpec, GRPOLossConfig]:
+    """How GradAlign samples and differentiates candidates and validation problems.
+
+    `ours` is the pipeline's GRPO loss on rollouts at T=1 (the direction training moves). `released` follows the
+    released scorer (StigLidu/GradAlign select/parallel: `norm_adv_by_std=False`, policy loss only, token mean over
+    the responses, `model(...).logits` without temperature scaling; vLLM sampling at T=0.7, top-p 0.95). Gradients
+    of the raw log-probabilities are what `gradient_features` computes at its default temperature of 1.
+    """
+    if scorer == "released":
+        sampling = SamplingSpec(num_samples=num_samples, temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens)
+        return sampling, replace(loss, beta=0.0, scale_rewards=False, aggregation="token_mean")
+    return SamplingSpec(num_samples=num_samples, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens), loss
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "keep"):
@@ -68,13 +93,16 @@ def score_chunk(
     round_index: int,
 ) -> pl.DataFrame:
     """Every chunk problem with its success rate and score at the current policy, plus a `selected` flag for the
-    top `spec.keep` (ties by problem id). Candidates and validation problems share the pool's feature settings."""
+    top `spec.keep` (ties by problem id). Candidates and validation problems share the pool's feature settings and
+    the scorer `spec.scorer` (`gradalign_scoring`); the released scorer has no KL term, so `ref_model` is unused."""
     backend, template = TransformersBackend(model, tokenizer), task.prompt_format()
     base = spec.seed * 1_000_003 + round_index * 7919
 
+    loss = gradalign_scoring(spec.scorer, loss, 1, task.max_new_tokens)[1]
+
     def sample(problems: pl.DataFrame, k: int, offset: int) -> pl.DataFrame:
-        spec_k = SamplingSpec(num_samples=k, temperature=1.0, top_p=1.0, max_new_tokens=task.max_new_tokens)
-        return sample_rollouts(backend, problems, spec_k, verifier, template, base + offset)
+        sampling = gradalign_scoring(spec.scorer, loss, k, task.max_new_tokens)[0]
+        return sample_rollouts(backend, problems, sampling, verifier, template, base + offset)
 
     chunk_rollouts = sample(chunk, spec.candidate_samples, 0)
     val_rollouts = sample(validation, spec.validation_samples, 1)

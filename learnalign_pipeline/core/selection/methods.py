@@ -48,6 +48,7 @@ class SelectionSignals:
     validation_features: torch.Tensor | None = None  # [m, d] raw projected gradients of the trusted validation problems
     cold_success_rate: torch.Tensor | None = None  # p_i at the base policy (LearnAlign w/o warm-up)
     cold_unit_features: torch.Tensor | None = None  # u_i at the base policy
+    zero_variance_unit_features: torch.Tensor | None = None  # u_i of p in {0,1} problems: their KL-only gradient
     limr_trajectory: torch.Tensor | None = None  # [n, E] per-epoch accuracy in a full-data GRPO run, NaN = not seen
     response_tokens: torch.Tensor | None = None  # mean completion length of the rollouts
     perplexity: torch.Tensor | None = None  # PPL(reference answer | question) under the scoring policy
@@ -71,8 +72,15 @@ def learnalign(signals: SelectionSignals, include_self: bool = True) -> torch.Te
 
 
 def learnalign_no_learnability(signals: SelectionSignals) -> torch.Tensor:
-    """Ablation "w/o data learnability V": Avg_i = <u_i, (1/n) sum_j u_j> (V_i = 1 for every problem)."""
+    """Ablation "w/o data learnability V": Avg_i = <u_i, (1/n) sum_j u_j> (V_i = 1 for every problem).
+
+    To isolate V, problems with p in {0, 1} need a direction of their own: their GRPO gradient is the KL term alone
+    (zero advantage), against LearnAlign's reference, the initial model (`zero_variance_unit_features`, rows of
+    learnable problems zero). Without that signal their rows are zero, so they score 0 and the ablation still
+    filters by p, which is what it is meant to remove."""
     u = signals.need("unit_features", "learnalign_no_learnability")
+    extra = signals.need("zero_variance_unit_features", "learnalign_no_learnability")
+    u = torch.where((u.norm(dim=1, keepdim=True) > 0), u, extra)
     return learnalign_scores(torch.ones(u.shape[0]), u)[0]
 
 
@@ -170,6 +178,15 @@ def visit_trajectory(rollouts: pl.DataFrame) -> pl.DataFrame:
     return per_visit.select("problem_id", "epoch", pl.col("step").cast(pl.Int32), pl.col("accuracy").cast(pl.Float64))
 
 
+def zero_variance(signals: SelectionSignals, seed: int = 0) -> torch.Tensor:
+    """Negative control: a seeded uniform draw among problems with p in {0, 1} (no advantage, hence no GRPO signal
+    at the scoring policy). Learnable problems score below all of them (they fill the budget only when too few
+    zero-variance problems exist)."""
+    p = signals.success_rate.double()
+    draw = seeded_uniform(signals.problem_ids, seed)
+    return torch.where((p == 0) | (p == 1), draw, draw - 2.0)
+
+
 def trajectory_matrix(trajectory: pl.DataFrame, problem_ids: list[str]) -> torch.Tensor:
     """[n, E] accuracy per (problem, epoch) in `problem_ids` order; NaN where a problem was not seen that epoch.
 
@@ -229,7 +246,11 @@ def full_data(signals: SelectionSignals) -> torch.Tensor:
     return torch.ones(len(signals.problem_ids))
 
 
-SEEDED = {"random", "accuracy_band"}  # methods whose selection depends on the seed (the others only train with it)
+SEEDED = {
+    "random",
+    "accuracy_band",
+    "zero_variance",
+}  # methods whose selection depends on the seed (the others only train with it)
 
 METHODS = {
     "learnalign": learnalign,
@@ -245,6 +266,7 @@ METHODS = {
     "random": random_scores,
     "accgreedy": accgreedy,
     "accuracy_band": accuracy_band,
+    "zero_variance": zero_variance,
     "limr": limr,
     "response_length": response_length,
     "perplexity_top": perplexity_top,
@@ -262,9 +284,10 @@ def method_scores(method: str, signals: SelectionSignals, seed: int = 0) -> torc
 
 
 # Methods that rank by learnability or by the policy gradient: they select only learnable problems (see above).
+# Not the ablation without V: it ranks p in {0, 1} problems by their KL-only gradient, since filtering them out is
+# part of what V does and the ablation is meant to remove it.
 LEARNABLE_ONLY = {
     "learnalign",
-    "learnalign_no_learnability",
     "learnalign_dot",
     "learnalign_no_warmup",
     "gradalign",

@@ -79,9 +79,23 @@ def hash_int(seed: int, key: str, num_bytes: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:num_bytes], "little")
 
 
-def seeded_uniform(keys: list[str], seed: int) -> list[float]:
-    """A uniform number in [0, 1) per key, from (seed, key)."""
-    return [hash_int(seed, key, 7) / 2**56 for key in keys]
+def seeded_uniform(keys: list[str], seed: int, purpose: str = "") -> list[float]:
+    """A uniform number in [0, 1) per key, from (seed, key). A `purpose` makes draws that share a seed independent
+    (which problems are noisy vs. Random's draw); the empty purpose is the original formula."""
+    prefix = f"{purpose}:" if purpose else ""
+    return [hash_int(seed, prefix + key, 7) / 2**56 for key in keys]
+
+
+def coin_flip(problem_id: str, sample_seed: int) -> float:
+    """A fair coin (0.0 or 1.0) per rollout, keyed by its problem and its sampling seed: reproducible, independent
+    of the completion, fresh for every rollout."""
+    return float(hashlib.sha256(f"coin_flip:{problem_id}:{sample_seed}".encode()).digest()[0] & 1)
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A 31-bit seed for one purpose of a run seed (warm-up draw, training, evaluation, ...), so streams that share
+    a run seed never share a hash."""
+    return hash_int(seed, f"derived:{purpose}", 4) % 2**31
 
 
 @functools.cache

@@ -43,9 +43,19 @@ DIGEST_CHARS = 32  # hex digits of a file's sha256 in its name
 
 def problem_keys(problems: pl.DataFrame) -> list[str]:
     """Each problem's content key: the full sha256 of its id, prompt and gold answer (the id is itself a short
-    content hash; the prompt and answer are what generation and the verifier read)."""
+    content hash; the prompt and answer are what generation and the verifier read). A problem whose rewards are
+    coin flips (`extra` noise_kind "coin_flip", data/noise.py) keeps its id and gold, so its key also names the
+    noise: cached rows with coin-flip rewards are never read back for the clean problem, or the reverse."""
     columns = [problems[c].to_list() for c in ("problem_id", "prompt", "answer")]
-    return [stable_hash(i, p, a) for i, p, a in zip(*columns, strict=True)]
+    extras = problems["extra"].to_list() if "extra" in problems.columns else [None] * problems.height
+    return [
+        stable_hash(i, p, a, "coin_flip") if _coin_flip(e) else stable_hash(i, p, a)
+        for i, p, a, e in zip(*columns, extras, strict=True)
+    ]
+
+
+def _coin_flip(extra: str | None) -> bool:
+    return bool(extra) and "coin_flip" in extra and json.loads(extra).get("noise_kind") == "coin_flip"
 
 
 def shard_of(key: str, num_shards: int) -> int:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal, Protocol
 
+from ..storage.hashing import coin_flip
+
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 MAX_NUMBER_CHARS = 64  # longer "numbers" are not answers; refusing them keeps Decimal arithmetic cheap
@@ -82,6 +84,39 @@ class NumericVerifier:
 
 
 VERIFIERS = ("numeric_flexible", "numeric_strict", "math_verify")
+
+
+class CoinFlipVerifier:
+    """Unreliable rewards (GradAlign's regime 1): for the problems in `flagged` every rollout's reward is a fair coin
+    keyed by (problem, rollout seed), so it is reproducible and independent of the completion; the other problems
+    are scored by `inner`. Everything else (name, statistics) is the inner verifier's."""
+
+    def __init__(self, inner: Verifier, flagged: frozenset[str]):
+        self.inner, self.flagged = inner, flagged
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def score_batch(self, completions: list[str], golds: list[str]) -> list[float]:
+        return self.inner.score_batch(completions, golds)
+
+    def score_rollouts(
+        self, problem_ids: list[str], seeds: list[int], completions: list[str], golds: list[str]
+    ) -> list[float]:
+        rewards = self.inner.score_batch(completions, golds)
+        return [
+            coin_flip(pid, seed) if pid in self.flagged else reward
+            for pid, seed, reward in zip(problem_ids, seeds, rewards, strict=True)
+        ]
+
+
+def score_rollouts(
+    verifier: Verifier, problem_ids: list[str], seeds: list[int], completions: list[str], golds: list[str]
+) -> list[float]:
+    """Rewards of rollouts: verifiers that key on the rollout (coin flips) see its problem and seed."""
+    if hasattr(verifier, "score_rollouts"):
+        return verifier.score_rollouts(problem_ids, seeds, completions, golds)
+    return verifier.score_batch(completions, golds)
 
 
 def make_verifier(name: str, timeout_s: float, workers: int = 2):

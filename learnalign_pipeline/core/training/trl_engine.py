@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from ..compute import ComputeConfig
+from ..compute import CPU, ComputeConfig
 from ..policy.generation import SamplingSpec, TransformersBackend, prompt_seeds, with_stop_strings
-from ..policy.model import checkpoint_dtype, save_policy
+from ..policy.model import checkpoint_dtype, load_policy, save_policy
 from ..storage.hashing import sha256_file
 from ..task.config import TaskConfig
 from ..task.prompts import render
@@ -288,10 +288,12 @@ def train_run(
     report: Callable[[dict], None],
     warn: Callable[[str], None] = print,
     verifier=None,
+    observe: Callable[[dict, torch.nn.Module], None] | None = None,
 ) -> dict:
     """Train `run` in this process (one rank of a launch); returns its summary. On the main process, `report`
     receives one record per step and `warn` hears of checkpoints that were skipped. `verifier` replaces the task's
-    (tests use synthetic rewards)."""
+    (tests use synthetic rewards). `observe(record, model)` sees the live model after each step (the experiment
+    evaluates it there; it must leave the weights and the training's random streams alone)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     import datasets
     import polars as pl
@@ -371,6 +373,8 @@ def train_run(
             state.log_history[-1][NONFINITE_KEY] = record["nonfinite_problems"]  # saved with the checkpoints
             history.append(record)
             report(record)
+            if observe is not None:
+                observe(record, kwargs["model"])  # the trainer passes its (unwrapped, one-process) model
 
     args = trl_args(grpo, task, trainer_config, compute, str(checkpoints))
     if trainer_config.rollouts == "vllm" and sampling.stop:
@@ -410,6 +414,44 @@ def train_run(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return summary
+
+
+def train_in_memory(
+    model,
+    tokenizer,
+    problems,
+    grpo: GRPOConfig,
+    task: TaskConfig,
+    workdir: Path,
+    *,
+    reference=None,
+    verifier=None,
+    observe: Callable[[dict, torch.nn.Module], None] | None = None,
+    compute: ComputeConfig | None = None,
+):
+    """(trained model, history): `train_run` in this process for a policy held in memory, for callers that train
+    many short runs without Dagster (the selection experiment). The start (and `reference`, the KL reference when
+    it is not the start) is saved under `workdir`, trained there, and the trained policy loaded back in float32 on
+    the start's device; `model` itself is left as it was. Without checkpoints (`grpo.checkpoint_every` 0), nothing
+    is left in `workdir` but the saved policies."""
+    workdir = Path(workdir)
+    save_policy(model, tokenizer, workdir / "start")
+    if reference is not None:
+        save_policy(reference, tokenizer, workdir / "reference")
+    problems.select("problem_id", "prompt", "answer").write_parquet(workdir / "problems.parquet")
+    run = TRLRun(
+        start=str(workdir / "start"),
+        problems=str(workdir / "problems.parquet"),
+        output=str(workdir / "trained"),
+        state_dir=str(workdir / "state"),
+        grpo=dataclasses.asdict(grpo),
+        task=dataclasses.asdict(task),
+        reference=str(workdir / "reference") if reference is not None else None,
+    )
+    history: list[dict] = []
+    train_run(run, TrainerConfig(), compute or CPU, history.append, verifier=verifier, observe=observe)
+    trained, _ = load_policy(run.output, device=next(model.parameters()).device)
+    return trained, history
 
 
 ROLLOUT_RECORDS = "rollout_records.parquet"

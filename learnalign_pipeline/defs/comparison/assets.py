@@ -52,14 +52,19 @@ def comparison_subsets(
     projected_gradients: TensorBundle,
     validation_gradients: TensorBundle,
     cold_start_signals: TensorBundle,
+    zero_variance_gradients: TensorBundle,
     answer_perplexity: pl.DataFrame,
     limr_trajectories: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
     """One row per (method, budget, seed, selected problem) with rank, score and the `noisy` flag; the metadata
     reports each method's share of noisy problems (pools with corrupted gold answers) and its overlap with LearnAlign."""
     ids = success_rates["problem_id"].to_list()
-    if json.loads(cold_start_signals.metadata["problem_ids"]) != ids:
-        raise ValueError("cold_start_signals rows do not follow success_rates; rematerialize it")
+    for name, bundle in (
+        ("cold_start_signals", cold_start_signals),
+        ("zero_variance_gradients", zero_variance_gradients),
+    ):
+        if json.loads(bundle.metadata["problem_ids"]) != ids:
+            raise ValueError(f"{name} rows do not follow success_rates; rematerialize it")
     ppl = pl.DataFrame({"problem_id": ids}).join(answer_perplexity, on="problem_id", how="left", maintain_order="left")
     signals = pool_signals(
         success_rates,
@@ -67,6 +72,7 @@ def comparison_subsets(
         validation_features=validation_gradients.tensors["features"].float(),
         cold_success_rate=cold_start_signals.tensors["success_rate"].double(),
         cold_unit_features=cold_start_signals.tensors["unit_features"].float(),
+        zero_variance_unit_features=zero_variance_gradients.tensors["unit_features"].float(),
         limr_trajectory=trajectory_matrix(limr_trajectories, ids),
         perplexity=torch.tensor(ppl["perplexity"].to_numpy()),
         unconditional_perplexity=torch.tensor(ppl["unconditional_perplexity"].to_numpy()),

@@ -3,7 +3,8 @@
 * `validation_problems`, `validation_gradients`: GradAlign's trusted validation set (a seeded slice of the clean
   benchmark, left out of every comparison evaluation) and its per-problem gradients, from the same
   `gradient_features` function, loss and projector (same seed) as the pool's `projected_gradients`;
-* `cold_start_signals`: p and gradients at the base policy (LearnAlign w/o warm-up);
+* `cold_start_signals`: p and gradients at the base policy with the pool's K (LearnAlign w/o warm-up);
+* `zero_variance_gradients`: the KL-only gradient direction of every p in {0, 1} problem (LearnAlign w/o V);
 * `answer_perplexity`: PPL of each reference answer with and without its question (PPL-Top, IFD);
 * `full_data_policy`, `limr_trajectories`: GRPO on the whole pool for several epochs from the warm-up policy,
   recording every problem's accuracy at each visit (LIMR's per-epoch trajectory).
@@ -22,7 +23,7 @@ from ...core.policy.model import load_policy
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
 from ...core.selection.config import FeatureConfig
-from ...core.selection.features import features_for_rates
+from ...core.selection.features import features_for_rates, gradient_features, scatter_rows
 from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
 from ...core.selection.scoring import unit_rows
@@ -159,13 +160,15 @@ def validation_gradients(
 
 
 class ColdStartConfig(dg.Config):
-    num_samples: int = Field(
-        default=4, description="rollouts per pool problem at the base policy (K; the warm-up's K=8 costs twice as much)"
+    num_samples: int | None = Field(
+        default=None,
+        description="rollouts per pool problem at the base policy (K); default: the pool's K (success_rates), so the "
+        "ablation changes only the policy, not how finely p is measured",
     )
     seed: int = Field(default=0, description="base sampling seed")
 
 
-@dg.asset(group_name=GROUP, code_version="2", **gpu_step(manual=True))
+@dg.asset(group_name=GROUP, code_version="3", **gpu_step(manual=True))
 def cold_start_signals(
     config: ColdStartConfig,
     task: TaskSettings,
@@ -178,11 +181,12 @@ def cold_start_signals(
     """Success rate and unit projected gradient of every pool problem at the base (pre-warm-up) policy, rows in
     `success_rates` order: LearnAlign's "w/o warm-up" ablation."""
     pool = success_rates.select("problem_id").join(raw_problems, on="problem_id", how="left", maintain_order="left")
+    num_samples = config.num_samples or int(success_rates["num_samples"].max())
     rates, features = rates_and_features(
         pretrained_policy,
         pretrained_policy,
         pool,
-        config.num_samples,
+        num_samples,
         config.seed,
         task,
         grpo_loss,
@@ -200,8 +204,64 @@ def cold_start_signals(
     return versioned(
         bundle,
         problems=rates.height,
+        num_samples=num_samples,
         learnable_share=float((norms > 0).float().mean()),
         mean_success_rate=float(rates["success_rate"].mean()),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", **gpu_step(manual=True))
+def zero_variance_gradients(
+    task: TaskSettings,
+    grpo_loss: GRPOLoss,
+    raw_problems: pl.DataFrame,
+    rollouts: pl.DataFrame,
+    success_rates: pl.DataFrame,
+    projected_gradients: TensorBundle,
+    warmup_policy: Checkpoint,
+    pretrained_policy: Checkpoint,
+) -> dg.Output[TensorBundle]:
+    """Unit projected gradients of the pool's p in {0, 1} problems at the warm-up policy, rows in `success_rates`
+    order (zero rows for learnable problems). Their advantage is zero, so the gradient is the KL term alone, taken
+    against LearnAlign's reference, the initial (pre-trained) model, whatever `grpo_loss.reference` says: against the
+    warm-up policy itself it would be exactly zero. "w/o V" ranks them by this direction instead of filtering them."""
+    model, tokenizer = load_policy(warmup_policy.path)
+    loss = grpo_loss.loss_config(task.max_new_tokens)
+    zero = success_rates.filter((pl.col("success_rate") == 0) | (pl.col("success_rate") == 1))
+    problems = zero.select("problem_id").join(raw_problems, on="problem_id", how="left", maintain_order="left")
+    width = int(projected_gradients.metadata["width"])
+    features = torch.zeros(success_rates.height, width)
+    if loss.beta and problems.height:
+        config = pool_feature_config(projected_gradients)
+        reference = load_policy(pretrained_policy.path)[0]
+        result = gradient_features(
+            model,
+            reference,
+            tokenizer,
+            problems,
+            rollouts,
+            loss,
+            config.projector(),
+            task.prompt_format(),
+            scope=config.scope,
+            last_blocks=config.last_blocks,
+            problems_per_batch=config.problems_per_batch,
+        )
+        features = scatter_rows(success_rates["problem_id"].to_list(), result, width)
+    unit, norms = unit_rows(features)
+    bundle = TensorBundle(
+        tensors={"unit_features": unit.to(torch.float16), "norms": norms},
+        metadata={
+            "problem_ids": json.dumps(success_rates["problem_id"].to_list()),
+            "reference": pretrained_policy.path.name,
+        },
+    )
+    return versioned(
+        bundle,
+        summary=f"{int((norms > 0).sum())} of {problems.height} zero-variance problems with a KL direction",
+        zero_variance_problems=problems.height,
+        with_direction=int((norms > 0).sum()),
+        beta=loss.beta,
     )
 
 

@@ -22,7 +22,7 @@ from ...core.data.loaders import DUPLICATE_SCHEMA, REJECTED_SCHEMA, LoadReport, 
 from ...core.data.noise import NoiseKind, mark_noisy
 from ...lib.config import config_view
 from ...lib.outputs import markdown_table, problem_summary, versioned
-from ...lib.resources import DatasetFiles
+from ...lib.resources import ArithmeticSettings, DatasetFiles
 from .sources import benchmark_dataset, pool_dataset
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(SourceConfig)} - {"path", "split"}
@@ -71,12 +71,20 @@ class PoolConfig(ProblemSourceConfig):
         default=0.0, ge=0, le=1, description="share of pool problems given a wrong gold answer (unreliable rewards)"
     )
     noise_kind: NoiseKind = Field(
-        default="wrong", description="wrong: gold + a nonzero offset; random: another noisy problem's gold"
+        default="wrong",
+        description="wrong: gold + a nonzero offset; random: another noisy problem's gold; coin_flip: gold kept, "
+        "every rollout's reward is a fair coin (keyed by problem and rollout seed)",
     )
     noise_seed: int = Field(default=0, description="seed choosing the noisy problems")
 
 
-def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclude_ids: frozenset[str]) -> LoadResult:
+def _load(
+    config: ProblemSourceConfig,
+    datasets: DatasetFiles,
+    arithmetic: ArithmeticSettings,
+    split: str,
+    exclude_ids: frozenset[str],
+) -> LoadResult:
     """Load or generate one split; generated splits report repeats and overlap as duplicates too. A split named in
     the dataset settings file (`learnalign dataset`) loads with the mapping written there."""
     configured = datasets.configured(split) if config.source == "datasets" else None
@@ -85,7 +93,8 @@ def _load(config: ProblemSourceConfig, datasets: DatasetFiles, split: str, exclu
     path = config.file_path(split, datasets)
     if path:
         return load_problems(config.spec(split, path), exclude_ids)
-    frame = arithmetic_frame(config.num_problems, config.seed, split=split, exclude_ids=exclude_ids)
+    mix = arithmetic.arithmetic_mix()
+    frame = arithmetic_frame(config.num_problems, config.seed, split=split, exclude_ids=exclude_ids, mix=mix)
     report = LoadReport(config.num_problems, frame.height, 0, config.num_problems - frame.height)
     return LoadResult(frame, pl.DataFrame(schema=REJECTED_SCHEMA), pl.DataFrame(schema=DUPLICATE_SCHEMA), report)
 
@@ -148,9 +157,11 @@ def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -
     deps=[benchmark_dataset],
     can_subset=True,  # either table can be rematerialized alone; loading is cheap and deterministic
 )
-def benchmark_problems(context: dg.AssetExecutionContext, config: BenchmarkConfig, datasets: DatasetFiles):
+def benchmark_problems(
+    context: dg.AssetExecutionContext, config: BenchmarkConfig, datasets: DatasetFiles, arithmetic: ArithmeticSettings
+):
     path = config.file_path("test", datasets)
-    result = _load(config, datasets, "test", frozenset())
+    result = _load(config, datasets, arithmetic, "test", frozenset())
     if "benchmark_rejected_problems" in context.selected_output_names:
         yield versioned(
             result.rejected,
@@ -195,11 +206,12 @@ def raw_problems(
     context: dg.AssetExecutionContext,
     config: PoolConfig,
     datasets: DatasetFiles,
+    arithmetic: ArithmeticSettings,
     benchmark_problems: pl.DataFrame,
     benchmark_rejected_problems: pl.DataFrame,
 ):
     path = config.file_path("pool", datasets)
-    result = _load(config, datasets, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
+    result = _load(config, datasets, arithmetic, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
     if (
         config.noisy_share
     ):  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share

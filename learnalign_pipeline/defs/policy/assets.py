@@ -2,22 +2,18 @@
 warm-up policy (LearnAlign step 1) and the policy RL-trained on the selected subset."""
 
 import json
-import time
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from ...core.compute import DTYPES
-from ...core.data.arithmetic import pretraining_corpus
+from ...core.data.arithmetic import MIXES
 from ...core.policy.model import copy_checkpoint
 from ...core.storage.artifacts import Checkpoint
-from ...core.training.sft import pretrain_tiny_policy
 from ...lib.outputs import versioned
-from ...lib.progress import step_progress
-from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
+from ...lib.resources import ArithmeticSettings, ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from ...lib.tags import gpu_step
-from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_settings, publish_checkpoint
+from ...lib.training import PretrainRunConfig, grpo_stage, grpo_stage_config, pretrain_checkpoint
 
 
 @dg.asset(group_name="policy", code_version="2", **gpu_step("transformers"))
@@ -26,10 +22,12 @@ def pretrained_policy(
     config: PretrainRunConfig,
     task: TaskSettings,
     store: ArtifactStore,
+    arithmetic: ArithmeticSettings,
     benchmark_problems: pl.DataFrame,
 ) -> dg.Output[Checkpoint]:
-    """The base policy. Built-in: the tiny policy pre-trained on a generated corpus that excludes every benchmark
-    problem. With `model_path`: a copy of that checkpoint, so every later stage reads a versioned artifact."""
+    """The base policy. Built-in: the tiny policy pre-trained on a generated corpus (drawn from the `arithmetic`
+    resource's mix) that excludes every benchmark problem. With `model_path`: a copy of that checkpoint, so every
+    later stage reads a versioned artifact."""
     if config.model_path:  # copied byte for byte: the base model keeps its dtype, and nothing is loaded
         staging = store.staging_dir()
         parameters = copy_checkpoint(config.model_path, staging)
@@ -37,30 +35,15 @@ def pretrained_policy(
         return versioned(
             Checkpoint(staging), source=config.model_path, parameters=parameters, summary=f"copied {config.model_path}"
         )
-    pretrain, spec = pretrain_settings(config)
-    questions, targets = pretraining_corpus(
-        pretrain.corpus_size,
-        pretrain.corpus_seed,
-        pretrain.shortcut_rates,
-        exclude_ids=frozenset(benchmark_problems["problem_id"].to_list()),
-    )
-    started = time.perf_counter()
-    with step_progress(context, pretrain.steps, "pre-training steps") as progress:
-        model, tokenizer, history = pretrain_tiny_policy(
-            questions, targets, spec, pretrain, task.prompt_format(), log=progress
-        )
-    return publish_checkpoint(
+    mix = arithmetic.mix
+    return pretrain_checkpoint(
+        context,
+        config,
+        task,
         store,
-        model,
-        tokenizer,
-        history,
-        config.model_dump(),
-        dtype=DTYPES[spec.save_dtype],
-        summary=f"{len(history)} steps, final loss {history[-1]['loss']:.3f}",
-        corpus_examples=len(questions),
-        vocab_size=len(tokenizer),
-        final_loss=float(history[-1]["loss"]),
-        train_seconds=round(time.perf_counter() - started, 1),
+        frozenset(benchmark_problems["problem_id"].to_list()),
+        MIXES[mix],
+        **({"mix": mix} if mix != "default" else {}),
     )
 
 

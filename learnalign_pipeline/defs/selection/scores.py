@@ -121,6 +121,7 @@ def selection_frame(
 
 # Methods whose signals come from the comparison group's assets, not from this stage's inputs.
 COMPARISON_ONLY = {
+    "learnalign_no_learnability",
     "gradalign",
     "gradalign_dot",
     "gradalign_unit_mean",
