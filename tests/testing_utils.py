@@ -77,3 +77,13 @@ def open_ui_page(driver, url: str, ready_xpath: str, timeout: float = 120) -> No
     driver.execute_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
     driver.get(url)
     WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.XPATH, ready_xpath))
+
+
+class ParityReward:
+    """Rewards completions of even length: an untrained policy earns it about half the time, so groups have
+    reward variance and every step moves the weights."""
+
+    name = "parity"
+
+    def score_batch(self, completions, golds):
+        return [float(len(c) % 2 == 0) for c in completions]

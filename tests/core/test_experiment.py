@@ -9,6 +9,7 @@ import math
 import polars as pl
 import pytest
 import torch
+from testing_utils import ParityReward
 
 from learnalign_pipeline.core.data.arithmetic import MIXES, cell_of
 from learnalign_pipeline.core.data.noise import noisy_flags
@@ -69,7 +70,7 @@ def test_evaluating_inside_training_leaves_training_bitwise_unchanged(model, tok
     config = GRPOConfig(steps=3, problems_per_step=4, num_samples=4, checkpoint_every=0, seed=5)
     task = TaskConfig(max_new_tokens=8)
     start = copy.deepcopy(model.state_dict())
-    plain, _ = train_in_memory(model, tokenizer, problems, config, task, tmp_path / "plain", verifier=NumericVerifier())
+    plain, _ = train_in_memory(model, tokenizer, problems, config, task, tmp_path / "plain", verifier=ParityReward())
     seen = []
 
     def on_step(record, live_model):
@@ -78,7 +79,7 @@ def test_evaluating_inside_training_leaves_training_bitwise_unchanged(model, tok
         seen.append(pass_at_1(backend, problems, NumericVerifier(), "qa", spec, "x", "y", seed=9)[0].num_problems)
 
     evaluated, history = train_in_memory(
-        model, tokenizer, problems, config, task, tmp_path / "evaluated", verifier=NumericVerifier(), observe=on_step
+        model, tokenizer, problems, config, task, tmp_path / "evaluated", verifier=ParityReward(), observe=on_step
     )
     assert seen == [problems.height] * 3 and len(history) == 3
     assert all(torch.equal(a, model.state_dict()[k]) for k, a in start.items())  # the start is left as it was

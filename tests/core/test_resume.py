@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from testing_utils import ParityReward
 
 from learnalign_pipeline.core.compute import ComputeConfig
 from learnalign_pipeline.core.policy.model import save_policy
@@ -19,16 +20,6 @@ from learnalign_pipeline.core.training.trl_engine import SEAL, TRLRun, newest_se
 
 STOP_AT = 3  # stopped while logging step 3: checkpoint-2 is the newest sealed one
 GRPO = GRPOConfig(steps=4, problems_per_step=3, num_samples=4, learning_rate=1e-2, seed=3, checkpoint_every=2)
-
-
-class ParityReward:
-    """Rewards completions of even length: an untrained policy earns it about half the time, so groups have
-    reward variance and every step moves the weights."""
-
-    name = "parity"
-
-    def score_batch(self, completions, golds):
-        return [float(len(c) % 2 == 0) for c in completions]
 
 
 class Stop(Exception):
