@@ -65,7 +65,8 @@ def test_noisy_draw_is_independent_of_randoms_draw_with_the_same_seed():
     se = (0.3 * 0.7 / 1000) ** 0.5
     for kind in ("coin_flip", "wrong"):
         noisy = mark_noisy(pool, 0.3, kind, seed=0)
-        signals = SelectionSignals(problem_ids=noisy["problem_id"].to_list(), success_rate=torch.zeros(noisy.height))
-        picked, _ = select("random", signals, 1000, seed=0)
+        rates = torch.full((noisy.height,), 0.5)  # every problem learnable: Random draws from the whole pool
+        signals = SelectionSignals(problem_ids=noisy["problem_id"].to_list(), success_rate=rates)
+        picked = select("random", signals, 1000, seed=0).picked
         share = float(noisy_flags(noisy[picked]).mean())
         assert abs(share - 0.3) < 4 * se, (kind, share)

@@ -43,7 +43,8 @@ def _violations(source: str) -> list[str]:
         trust = keywords.get("trust_remote_code")
         if trust is not None and not (isinstance(trust, ast.Constant) and trust.value is False):
             problems.append(f"line {call.lineno}: trust_remote_code is not False")
-        if name.endswith(".from_pretrained") and "Tokenizer" not in name:
+        # tokenizers and generation configs are JSON files: no weights to read as safetensors
+        if name.endswith(".from_pretrained") and "Tokenizer" not in name and "GenerationConfig" not in name:
             safe = keywords.get("use_safetensors")
             if not (isinstance(safe, ast.Constant) and safe.value is True):
                 problems.append(f"line {call.lineno}: {name} without use_safetensors=True")

@@ -47,6 +47,12 @@ class CurriculumConfig:
         "mean, log-probabilities of the raw logits)",
     )
 
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "keep"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        for name in ("candidate_samples", "validation_samples"):
+            require(getattr(self, name) >= 2, name, "needs >= 2 rollouts per problem: one gives no gradient")
+
 
 def gradalign_scoring(
     scorer: GradAlignScorer, loss: GRPOLossConfig, num_samples: int, max_new_tokens: int
@@ -62,12 +68,6 @@ def gradalign_scoring(
         sampling = SamplingSpec(num_samples=num_samples, temperature=0.7, top_p=0.95, max_new_tokens=max_new_tokens)
         return sampling, replace(loss, beta=0.0, scale_rewards=False, aggregation="token_mean")
     return SamplingSpec(num_samples=num_samples, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens), loss
-
-    def __post_init__(self) -> None:
-        for name in ("chunk_size", "keep"):
-            require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
-        for name in ("candidate_samples", "validation_samples"):
-            require(getattr(self, name) >= 2, name, "needs >= 2 rollouts per problem: one gives no gradient")
 
 
 def curriculum_chunk(problem_ids: list[str], chunk_size: int, round_index: int, seed: int) -> list[str]:
