@@ -19,7 +19,9 @@ EXTRA_GROUPS = ("comparison", "curriculum", "experiment")
 learnalign_job = dg.define_asset_job(
     "learnalign_job",
     # Not `training_window`: observing it opens the nightly window.
-    selection=dg.AssetSelection.all(include_sources=True) - dg.AssetSelection.groups(*EXTRA_GROUPS, "automation"),
+    # (groups() leaves source assets out unless told, so without include_sources the window would be observed too)
+    selection=dg.AssetSelection.all(include_sources=True)
+    - dg.AssetSelection.groups(*EXTRA_GROUPS, "automation", include_sources=True),
     description="The whole LearnAlign pipeline.",
     executor_def=dg.multi_or_in_process_executor,  # the CLI runs it in process; `dg launch` in step processes
 )

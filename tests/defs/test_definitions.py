@@ -43,6 +43,8 @@ def test_jobs_snapshot(snapshot):
     for job in sorted(definitions.jobs, key=lambda j: j.name):
         keys = job.selection.resolve(graph) if hasattr(job, "selection") else set()
         jobs[job.name] = sorted(k.to_user_string() for k in keys)
+    assert "training_window" not in jobs["learnalign_job"]  # observing it would open the nightly training window
+    assert {"pool_dataset", "benchmark_dataset"} <= set(jobs["learnalign_job"])  # the watched files are observed
     assert jobs == snapshot
 
 
