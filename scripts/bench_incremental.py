@@ -36,6 +36,7 @@ from learnalign_pipeline.core.selection.stages import FeatureStage, RolloutStage
 from learnalign_pipeline.core.storage.row_cache import RowCache
 from learnalign_pipeline.core.task.config import TaskConfig
 from learnalign_pipeline.core.training.config import GRPOConfig
+from learnalign_pipeline.lib.console import quiet_libraries
 from learnalign_pipeline.lib.resources import Generator
 from learnalign_pipeline.lib.sharded import NUM_SHARDS
 
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--added", type=float, default=0.05, help="new problems as a share of the pool")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    quiet_libraries()  # a table on the console, not a weight-loading bar per model load
     torch.set_num_threads(args.threads)
     pool = pl.read_parquet(newest(args.artifacts, "raw_problems"))
     benchmark = pl.read_parquet(newest(args.artifacts, "benchmark_problems"))
