@@ -181,8 +181,10 @@ def accuracy_chart(table: pl.DataFrame, title: str) -> bytes:
         rows = {r["family"]: r for r in table.filter(pl.col("policy") == policy).iter_rows(named=True)}
         xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(families))]
         acc = [rows[f]["accuracy"] if f in rows else float("nan") for f in families]
-        low = [a - rows[f]["low"] if f in rows else 0 for a, f in zip(acc, families)]
-        high = [rows[f]["high"] - a if f in rows else 0 for a, f in zip(acc, families)]
+        # clamped at 0: at 0 or n successes the interval's end equals the accuracy up to float rounding, and
+        # matplotlib refuses a negative error bar
+        low = [max(0.0, a - rows[f]["low"]) if f in rows else 0 for a, f in zip(acc, families)]
+        high = [max(0.0, rows[f]["high"] - a) if f in rows else 0 for a, f in zip(acc, families)]
         ax.bar(xs, acc, width=width, yerr=[low, high], capsize=2, label=policy, error_kw={"linewidth": 0.8})
     ax.set_xticks(range(len(families)), families, fontsize=7, rotation=30 if len(families) > 6 else 0)
     ax.set_ylim(0, 1)
