@@ -59,7 +59,7 @@ def loop(tmp_path_factory):
     script = Path(sys.executable).with_name("learnalign")  # .venv/bin/learnalign, as the README runs it
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "learnalign_pipeline.cli"]
     out = subprocess.run([*cli, "dataset", "pool", str(home.pool)], env=env, capture_output=True, text=True, check=True)
-    assert "24 problems" in out.stdout, out.stdout
+    assert f"{home.pool_size} problems" in out.stdout, out.stdout
     bootstrap(home, tiny_run_config())
     port = free_port()
     dev = Service([*cli, "dev", "-p", str(port)], env, home.root / "dev.log")

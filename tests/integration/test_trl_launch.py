@@ -107,7 +107,8 @@ def test_steps_and_checkpoint_come_back_as_events_and_metadata(runs):
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     assert 0 < metadata["reward_first_step"] < 1  # groups with reward variance: a real gradient
     assert metadata["kl_last_step"] > 0 and 0 <= metadata["frac_reward_zero_std_mean"] < 1
-    assert metadata["training_steps"] == 3 and "| step |" in metadata["training_curve"]
+    assert metadata["training_steps"] == 3 and "training_curves" in metadata  # the curves as an image
+    assert [r.data["step"] for r in materialization.metadata["training_log"].records] == [0, 1, 2]
     assert Path(metadata["path"]).is_dir() and metadata["sha256"]
     assert any("external process successfully opened dagster pipes" in line for line in logs)
     steps = [line for line in logs if "GRPO step" in line]
