@@ -39,6 +39,17 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _bar_chart_png(fig, ax, title: str, legend: bool) -> bytes:
+    """The bar charts' common finish: title, small ticks, horizontal grid, optional legend, PNG bytes."""
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    if legend:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def training_curves(log: pl.DataFrame, title: str) -> bytes | None:
     """One panel per logged quantity against the step, every step (the last included); None for an empty log."""
     columns = [c for c in CURVES if c in log.columns and log[c].drop_nulls().len()]
@@ -72,13 +83,9 @@ def histogram(
     if cutoff is not None:
         ax.axvline(cutoff, color="#c44e52", linestyle="--", linewidth=1.2, label=f"cut-off {cutoff:.3g}")
         ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("problems", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _png(fig)
+    return _bar_chart_png(fig, ax, title, legend=False)
 
 
 def p_bucket(p: pl.Expr) -> pl.Expr:
@@ -132,12 +139,7 @@ def subset_vs_pool(pool: pl.DataFrame, subset: pl.DataFrame, title: str, xlabel:
     ax.set_xticks(list(x), labels, fontsize=7, rotation=30 if len(labels) > 6 else 0)
     ax.set_ylabel("share", fontsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _png(fig)
+    return _bar_chart_png(fig, ax, title, legend=True)
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -189,9 +191,4 @@ def accuracy_chart(table: pl.DataFrame, title: str) -> bytes:
     ax.set_xticks(range(len(families)), families, fontsize=7, rotation=30 if len(families) > 6 else 0)
     ax.set_ylim(0, 1)
     ax.set_ylabel("greedy pass@1", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _png(fig)
+    return _bar_chart_png(fig, ax, title, legend=True)
