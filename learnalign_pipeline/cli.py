@@ -8,8 +8,8 @@
     learnalign curriculum  GradAlign's adaptive curriculum, one selection and one checkpoint per round (after `demo`)
     learnalign dataset  pool|benchmark PATH [--format ...]: the file the daily loop reads (also `show`, `clear`)
     learnalign observe  observe the dataset files now; learnalign train-now: open the training window now
-    learnalign experiment  the pre-registered selection experiment (its own pool and policy; ~80 min on a 2-core
-                        CPU machine), then print its contrasts against Random (asset `experiment_report`)
+    learnalign experiment  the pre-registered selection experiment (its own pool and policy; over an hour on 2
+                        CPU cores), then print its contrasts against Random (asset `experiment_report`)
 
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
 `demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
