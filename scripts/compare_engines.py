@@ -55,9 +55,9 @@ def _latest(home: Path, asset: str) -> Path:
         return Path(event.asset_materialization.metadata["path"].value)
 
 
-def _run(command: list[str], env: dict) -> tuple[float, str]:
+def _run(command: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, cwd=cwd)
     if done.returncode:
         raise SystemExit(f"{command[:4]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return time.perf_counter() - started, done.stdout
@@ -115,7 +115,10 @@ def main() -> None:
             "grpo": {k: v for k, v in dataclasses.asdict(grpo).items() if k in GRPOConfig.__dataclass_fields__},
             "task": dataclasses.asdict(task),
         }
-        wall, stdout = _run([sys.executable, "-c", BUILTIN, json.dumps(spec)], {**env, "PYTHONPATH": str(worktree)})
+        # in the old tree's directory: `python -c` puts the working directory first on sys.path, and this checkout
+        # (no trainer.py) must not shadow the old code
+        command = [sys.executable, "-c", BUILTIN, json.dumps(spec)]
+        wall, stdout = _run(command, {**env, "PYTHONPATH": str(worktree)}, cwd=worktree)
         result = json.loads(stdout.strip().splitlines()[-1])
         rows.append(
             (
