@@ -141,7 +141,7 @@ def main() -> None:
         task=dataclasses.asdict(task),
     )
     Launch(runs=[run], trainer={}, compute={"device": "cpu"}).write(out / "launch.json")
-    module = "learnalign_pipeline.core.training.trl_launch"
+    module = "learnalign_pipeline.lib.trl_launch"
     wall, stdout = _run([sys.executable, "-m", module, str(out / "launch.json")], {**env, "PYTHONPATH": str(REPO)})
     steps = [line for line in stdout.splitlines() if " GRPO step " in line]
     rewards = [float(line.split("reward_mean=")[1].split(",")[0]) for line in steps]

@@ -41,7 +41,7 @@ from .outputs import versioned
 from .progress import step_progress
 from .resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 
-TRAINING_MODULE = "learnalign_pipeline.core.training.trl_launch"
+TRAINING_MODULE = "learnalign_pipeline.lib.trl_launch"
 ACCELERATE_CONFIGS = Path(learnalign_pipeline.__file__).parent / "core" / "training" / "accelerate"
 PACKAGE_PARENT = Path(learnalign_pipeline.__file__).parent.parent  # on the launched processes' PYTHONPATH
 

@@ -1,5 +1,5 @@
-"""The launched training script: `python -m learnalign_pipeline.core.training.trl_launch LAUNCH.json`, or one
-process per GPU with `accelerate launch [--config_file fsdp.yaml] -m learnalign_pipeline.core.training.trl_launch
+"""The launched training script: `python -m learnalign_pipeline.lib.trl_launch LAUNCH.json`, or one
+process per GPU with `accelerate launch [--config_file fsdp.yaml] -m learnalign_pipeline.lib.trl_launch
 LAUNCH.json` (the asset runs accelerate's launcher through this module's `--accelerate` entry, so that a killed step
 takes the launcher, and with it every rank, down too).
 
@@ -7,8 +7,8 @@ Every process trains the launch's runs in order (`trl_engine.train_run`). When D
 process reports to the asset: one log line and one message per step, and a summary per run; the other processes
 stay silent (a second Pipes writer would open and close the session again). Each process's own output (library
 logs, warnings) goes to `<log_dir>/rank<r>.log` when the launch names a log directory, so the console stays quiet.
-Run by hand, it prints one line per step. It needs no Dagster: only the `dagster-pipes` package, when launched
-by Dagster.
+Run by hand, it prints one line per step. It lives in lib/ because it is the Pipes side of the launch (core/ never
+imports the orchestrator); it needs only the `dagster-pipes` package, and only when Dagster launched it.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def _train(launch_path: Path, pipes) -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
-    from ..compute import ComputeConfig
-    from .config import TrainerConfig
-    from .trl_engine import Launch, train_run
+    from ..core.compute import ComputeConfig
+    from ..core.training.config import TrainerConfig
+    from ..core.training.trl_engine import Launch, train_run
 
     launch = Launch.read(launch_path)
     trainer, compute = TrainerConfig(**launch.trainer), ComputeConfig(**launch.compute)
