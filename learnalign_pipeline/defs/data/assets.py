@@ -123,6 +123,23 @@ def _refusal(result: LoadResult, config: ProblemSourceConfig, path: str, asset: 
     return None
 
 
+def _accepted_table(
+    result: LoadResult, config: ProblemSourceConfig, path: str, asset: str, rejected_asset: str
+) -> dg.Output:
+    """The loaded problems as `asset`'s output, or a failure when the load must not become its latest table (the
+    rejected rows are yielded before this, so they are kept either way)."""
+    refusal = _refusal(result, config, path, asset, rejected_asset)
+    if refusal:
+        raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
+    return versioned(
+        result.problems,
+        output_name=asset,
+        summary=_summary(result),
+        **_load_metadata(result, config, path),
+        **problem_summary(result.problems),
+    )
+
+
 def _load_metadata(result: LoadResult, config: ProblemSourceConfig, path: str) -> dict:
     report = result.report
     rejected_share = report.rejected / report.rows_read if report.rows_read else 0.0
@@ -170,16 +187,7 @@ def benchmark_problems(
             num_rows=result.rejected.height,
         )
     if "benchmark_problems" in context.selected_output_names:
-        refusal = _refusal(result, config, path, "benchmark_problems", "benchmark_rejected_problems")
-        if refusal:
-            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
-        yield versioned(
-            result.problems,
-            output_name="benchmark_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
+        yield _accepted_table(result, config, path, "benchmark_problems", "benchmark_rejected_problems")
 
 
 @dg.multi_asset(
@@ -212,9 +220,8 @@ def raw_problems(
 ):
     path = config.file_path("pool", datasets)
     result = _load(config, datasets, arithmetic, "pool", frozenset(benchmark_problems["problem_id"].to_list()))
-    if (
-        config.noisy_share
-    ):  # marked in `extra` ("noisy": true, clean answer kept), so subsets can report their noisy share
+    # noisy problems are marked in `extra` ("noisy": true, clean answer kept), so subsets report their noisy share
+    if config.noisy_share:
         result = dataclasses.replace(
             result, problems=mark_noisy(result.problems, config.noisy_share, config.noise_kind, config.noise_seed)
         )
@@ -230,13 +237,4 @@ def raw_problems(
             ),
         )
     if "raw_problems" in context.selected_output_names:
-        refusal = _refusal(result, config, path, "raw_problems", "rejected_problems")
-        if refusal:
-            raise dg.Failure(description=refusal, metadata=_load_metadata(result, config, path))
-        yield versioned(
-            result.problems,
-            output_name="raw_problems",
-            summary=_summary(result),
-            **_load_metadata(result, config, path),
-            **problem_summary(result.problems),
-        )
+        yield _accepted_table(result, config, path, "raw_problems", "rejected_problems")
