@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,8 @@ def main() -> int:
     if ok:
         advice = " Refresh the lock on purpose when you want them: scripts/lock.sh, then .ci/run." if count else ""
         print(f"canary: the fresh resolve works.{advice}")
+        if not args.keep:
+            shutil.rmtree(work)
         return 0
     suspects = list(dict.fromkeys(suspects))
     moved_by_name = {line.split()[0]: f"{line} ({LABELS[kind]})" for kind, lines in moved.items() for line in lines}
@@ -139,7 +142,7 @@ def main() -> int:
         f"canary: the fresh resolve BREAKS the project. The failure passes through {', '.join(suspects) or 'no package'}"
         + (f"; of these, moved: {'; '.join(among)}." if among else "; none of them moved from the lock.")
         + " Pin the moved packages as a set in pyproject.toml (exactly together, or a floor and a ceiling each), and"
-        " keep installing from the lock.",
+        f" keep installing from the lock. The venv is kept in {work}.",
         file=sys.stderr,
     )
     return 1
