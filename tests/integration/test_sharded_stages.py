@@ -232,11 +232,15 @@ def test_tampered_and_truncated_row_cache_files_are_named_and_computed_again(hom
 DASK_SCRIPT = """
 import json, sys
 import dagster as dg
-from dask.distributed import LocalCluster
+from dask.distributed import Client, LocalCluster
 from learnalign_pipeline.definitions import reconstructable_job
 if __name__ == "__main__":
     run_config = json.loads(sys.argv[2])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        # Both workers registered before the first task: on a loaded machine one can still be starting, and the
+        # scheduler then sends every shard to the other.
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=120)
         run_config["execution"] = {"config": {"cluster": {"existing": {"address": cluster.scheduler_address}}}}
         instance = dg.DagsterInstance.from_config(sys.argv[1])
         result = dg.execute_job(reconstructable_job("sharded_stages_on_dask"), instance=instance, run_config=run_config)
