@@ -81,6 +81,7 @@ class Check:
     ok: bool
     summary: str
     details: list[str] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)  # for a failed load: the packages its traceback passes through
 
 
 def broken_requirements(pip_check_output: str) -> tuple[list[str], list[str]]:
@@ -140,7 +141,8 @@ def import_check(python: str = sys.executable) -> Check:
     lines = result.stderr.strip().splitlines()
     packages = packages_in_traceback(result.stderr, python)
     where = f" inside {', '.join(packages)}" if packages else ""
-    return Check("import", False, f"{CODE_LOCATION} fails to load{where}: {lines[-1] if lines else ''}", lines[-16:])
+    summary = f"{CODE_LOCATION} fails to load{where}: {lines[-1] if lines else ''}"
+    return Check("import", False, summary, lines[-16:], packages)
 
 
 def cli_check(python: str = sys.executable) -> Check:

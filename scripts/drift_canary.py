@@ -29,8 +29,8 @@ import check_environment as env  # noqa: E402  (a sibling script, standard libra
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "locks" / "ci.txt"
-# What the CPU locks leave out on purpose (check_environment.EXEMPT_MISSING); a fresh resolve installs them.
-LEFT_OUT = ["torchvision", "torchaudio", "torchcodec"]
+# What the CPU locks leave out on purpose; a fresh resolve installs them.
+LEFT_OUT = sorted({requirement for _, requirement in env.EXEMPT_MISSING})
 LABELS = {"older": "OLDER than the lock", "newer": "newer", "new": "not in the lock", "gone": "gone"}
 
 
@@ -114,12 +114,7 @@ def main() -> int:
 
     checks = env.run_checks(lock=None, exact=False, python=str(python))
     ok = env.report(checks)
-    suspects = [
-        name
-        for check in checks
-        if not check.ok and check.name == "import"
-        for name in env.packages_in_traceback("\n".join(check.details), str(python))
-    ]
+    suspects = [name for check in checks for name in check.packages]
     if ok and not args.no_smoke:
         ok, log, seconds = smoke_run(python, work / "home")
         print(

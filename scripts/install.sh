@@ -10,11 +10,10 @@
 # LEARNALIGN_VENV names another venv folder (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lock="locks/${1:-base}.txt"
-if [ ! -f "$lock" ] || [ "${1:-base}" = torch-cpu ]; then
-    echo "install.sh: unknown install set '${1}': choose base, ci or gpu (a file locks/<set>.txt)" >&2
-    exit 2
-fi
+case "${1:-base}" in
+    base | ci | gpu) lock="locks/${1:-base}.txt" ;;
+    *) echo "install.sh: unknown install set '$1': choose base, ci or gpu" >&2; exit 2 ;;
+esac
 venv="${LEARNALIGN_VENV:-.venv}"
 # This machine's pip also looks in local mirror folders and warns for every package they lack: keep that off the console.
 pip_quiet() { "$venv/bin/pip" "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
