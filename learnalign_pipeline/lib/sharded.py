@@ -25,7 +25,7 @@ from typing import Any
 import dagster as dg
 
 from .io_managers import STEP_IO_MANAGER
-from .tags import GPU_K8S_CONFIG, GPU_POOL
+from .tags import GPU_OP_TAGS, GPU_POOL
 
 # Shard steps per sharded stage; a row's shard is its content hash modulo this. The graph is static, so the count
 # is read when the code location loads: set LEARNALIGN_NUM_SHARDS to the number of GPUs (or of GPU groups of
@@ -112,7 +112,7 @@ def sharded_asset(
         config_schema=schema,
         required_resource_keys=resources,
         pool=GPU_POOL,
-        tags={"dagster-k8s/config": GPU_K8S_CONFIG},
+        tags=GPU_OP_TAGS,
     )
     collect_op = dg.OpDefinition(
         name=f"collect_{stage}s",

@@ -24,9 +24,17 @@ GPU_K8S_CONFIG = {
 }
 
 # LEARNALIGN_GPU_POOL="" drops the pool, for the Dask executor: dagster-dask 0.29.27 cannot submit a run that has
-# pooled steps (dask's task parser iterates the run's op-concurrency record, which dagster forbids). On Dask, limit
-# GPU tasks with worker resources instead. Launcher and workers must see the same value.
+# pooled steps (dask's task parser iterates the run's op-concurrency record, which dagster forbids). On Dask the
+# worker resource below limits GPU steps instead. Launcher and workers must see the same value.
 GPU_POOL = os.environ.get("LEARNALIGN_GPU_POOL", "gpu") or None
+
+# Dask worker resources an accelerator step holds while it runs (dagster-dask reads this op tag): start each worker
+# with `--resources GPU=<its GPUs>` so a worker runs as many GPU steps at once as it has GPUs, and the scheduler
+# sends the next shard to a worker with a free GPU rather than to the one that holds the step's inputs.
+DASK_GPU_RESOURCES = {"dagster-dask/resource_requirements": {"GPU": int(GPUS_PER_STEP)}}
+
+# The op tags of every accelerator step, for each executor that places steps on hardware.
+GPU_OP_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG, **DASK_GPU_RESOURCES}
 
 # Run on demand (`learnalign compare`, `learnalign curriculum`), never by automation: they train dozens of policies.
 MANUAL_TAG = "learnalign/automation"
@@ -35,8 +43,8 @@ MANUAL = {MANUAL_TAG: "manual"}
 
 def gpu_op() -> dict:
     """Step-level keyword arguments of an accelerator step: the `gpu` pool (limit it with
-    `dagster instance concurrency set gpu <n>`) and k8s resource requests."""
-    return {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": GPU_K8S_CONFIG}}
+    `dagster instance concurrency set gpu <n>`), k8s resource requests and the Dask worker resource."""
+    return {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 
 
 def gpu_asset(*kinds: str, manual: bool = False) -> dict:

@@ -236,9 +236,10 @@ from dask.distributed import Client, LocalCluster
 from learnalign_pipeline.definitions import reconstructable_job
 if __name__ == "__main__":
     run_config = json.loads(sys.argv[2])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        # Both workers registered before the first task: on a loaded machine one can still be starting, and the
-        # scheduler then sends every shard to the other.
+    # Each worker has one GPU slot (the resource every accelerator step holds), as a GPU worker would.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      resources={"GPU": 1}) as cluster:
+        # Both workers registered before the first task: on a loaded machine one can still be starting.
         with Client(cluster) as client:
             client.wait_for_workers(2, timeout=120)
         run_config["execution"] = {"config": {"cluster": {"existing": {"address": cluster.scheduler_address}}}}
@@ -268,7 +269,9 @@ def test_shards_run_as_parallel_dask_tasks_with_identical_results(home, referenc
     ]
     shard_steps = [e for e in starts if "_shard_" in (e.step_key or "")]
     assert len(shard_steps) == 8  # 4 rollout and 4 gradient shards
-    assert len({e.dagster_event.pid for e in shard_steps}) == 2  # spread over both worker processes
+    # Spread over both worker processes: the first shard holds its worker's one GPU, so the second goes to the other
+    # (before the GPU resource, data locality sent all 8 to one worker in CI).
+    assert len({e.dagster_event.pid for e in shard_steps}) == 2
 
     # A warm rerun in process reads everything back from the row cache.
     instance = run_stages(home, stage_config(home / "cache_dask"))

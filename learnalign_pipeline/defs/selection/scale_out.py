@@ -3,7 +3,9 @@ one Dask task. Point it at a scheduler with run config
 `execution: {config: {cluster: {existing: {address: "tcp://host:8786"}}}}` (or `local: {...}` to start one).
 Workers must reach the artifact and row-cache roots (shared storage on a real cluster) and see the same
 `LEARNALIGN_HOME`. Launch with `LEARNALIGN_GPU_POOL=""` in the launcher's and the workers' environment:
-dagster-dask 0.29.27 cannot submit a run with pooled steps (see `lib/tags.py` GPU_POOL).
+dagster-dask 0.29.27 cannot submit a run with pooled steps (see `lib/tags.py` GPU_POOL). Start every worker with
+`--resources GPU=<its GPUs>`: each shard holds `GPU=LEARNALIGN_GPUS_PER_STEP` while it runs (a worker without that
+resource is never given a shard).
 """
 
 import dagster as dg
