@@ -79,6 +79,7 @@ def warmup_policy(
         pretrained_policy,
         pretrained_policy,
         subset,
+        no_signal="warn",  # a warm-up on an all-0 pool still gives the scoring policy; the console says it learned nothing
         subset_ids=subset["problem_id"].to_list(),
     )
 

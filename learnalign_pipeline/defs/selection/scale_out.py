@@ -9,11 +9,13 @@ dagster-dask 0.29.27 cannot submit a run with pooled steps (see `lib/tags.py` GP
 import dagster as dg
 from dagster_dask import dask_executor
 
+from ...lib.preflight import preflighted
+
 SHARDED_STAGES = dg.AssetSelection.assets("rollouts", "success_rates", "projected_gradients")
 
 sharded_stages_on_dask = dg.define_asset_job(
     "sharded_stages_on_dask",
     selection=SHARDED_STAGES,
-    executor_def=dask_executor,
+    executor_def=preflighted(dask_executor),
     description="Rollouts and gradient features with each shard a Dask task (upstream assets must be materialized).",
 )
