@@ -48,7 +48,7 @@ def test_a_run_config_view_refuses_what_its_settings_object_refuses():
 
 def test_a_run_started_outside_the_cli_checks_its_settings_before_the_first_step(tmp_path, monkeypatch):
     """What the launchpad, automation and `dg launch` do: execute the job without `learnalign`. The executor checks
-    the run config at run start (issue 25: `steps: 0` let every stage before training run first)."""
+    the run config at run start (issue 25: `steps: 0` let every stage before training run first; `inf` passed)."""
     from learnalign_pipeline.definitions import reconstructable_job
 
     monkeypatch.setenv("LEARNALIGN_HOME", str(tmp_path))
@@ -58,8 +58,9 @@ def test_a_run_started_outside_the_cli_checks_its_settings_before_the_first_step
         "execution": {"config": {"in_process": {}}},
         "ops": {
             "benchmark_problems": SMOKE["ops"]["benchmark_problems"],
-            "trained_policy": {"config": {"steps": 0, "learning_rate": float("inf")}},
+            "trained_policy": {"config": {"steps": 0}},
         },
+        "resources": {"task": {"config": {"verifier_timeout_s": float("inf")}}},
     }
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(
@@ -72,12 +73,10 @@ def test_a_run_started_outside_the_cli_checks_its_settings_before_the_first_step
         assert not result.success
         events = instance.all_logs(result.run_id)
     assert not [e for e in events if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
-    failure = "\n".join(e.dagster_event.message or "" for e in events if e.dagster_event and e.dagster_event.is_failure)
-    failure += "\n".join(
-        str(e.dagster_event.event_specific_data) for e in events if e.dagster_event and e.dagster_event.is_failure
-    )
+    failures = [e.dagster_event.event_specific_data for e in events if e.dagster_event and e.dagster_event.is_failure]
+    failure = "\n".join(data.error.message for data in failures if getattr(data, "error", None))
     assert "ops.trained_policy.config: steps: must be >= 1 (got 0)" in failure
-    assert "ops.trained_policy.config: learning_rate: must be a finite number (got inf)" in failure
+    assert "resources.task.config: verifier_timeout_s: must be a finite number (got inf)" in failure
 
 
 def test_a_training_set_smaller_than_one_step_is_refused_before_the_run(tmp_path, monkeypatch, capsys):

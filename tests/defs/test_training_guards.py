@@ -56,8 +56,12 @@ def _train(root: Path, start: Path, problems, no_signal: str, **grpo):
             [materialization] = result.asset_materializations_for_node("policy_under_test")
             return True, {k: v.value for k, v in materialization.metadata.items()}
         [failure] = result.get_step_failure_events()
-        data = failure.step_failure_data
-        return False, (data.user_failure_data.description if data.user_failure_data else "") + data.error.message
+        data, chain = failure.step_failure_data, []
+        error = data.error
+        while error is not None:  # the step's error and its causes (the asset's own exception is a cause)
+            chain.append(error.message)
+            error = error.cause
+        return False, (data.user_failure_data.description if data.user_failure_data else "") + "\n".join(chain)
 
 
 def test_groups_without_reward_variance_fail_training_and_mark_the_warmup(model, tokenizer, problems, tmp_path):
