@@ -202,12 +202,14 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
         command = _command(args, "kill" if kind == "kill" else "enospc", at)
     code, wall = _run(command, home, log, kill_after)
     hit = stages_hit(home)
+    fired = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("fault_injection: ")]
     rerun_code, rerun_wall = _run(_command(args), home, log)
     got = digests(home)
     differing = sorted(k for k in set(ref["digests"]) | set(got) if ref["digests"].get(k) != got.get(k))
     record = {
         "trial": f"{kind}:{seed}",
         "fault": f"write {at}" if kill_after is None else f"after {kill_after:.1f} s",
+        "target": fired[-1].rsplit(": ", 1)[-1] if fired else "",
         "faulted_exit": code,
         "stages_hit": hit,
         "rerun_exit": rerun_code,
@@ -239,7 +241,8 @@ def harness(args) -> int:
         verdict = "identical" if record["identical"] else f"DIFFERENT {record['differing']}"
         print(
             f"{record['trial']:>12}  {record['fault']:>14}  hit {', '.join(record['stages_hit'])}  "
-            f"exit {record['faulted_exit']} -> rerun {record['rerun_exit']}  {verdict}  ({record['wall_s']:.0f} s)",
+            f"exit {record['faulted_exit']} -> rerun {record['rerun_exit']}  {verdict}  ({record['wall_s']:.0f} s)  "
+            f"{Path(record['target']).relative_to(work) if record['target'].startswith(str(work)) else record['target']}",
             flush=True,
         )
     stages = sorted({s.split("[")[0] for r in records for s in r["stages_hit"]})
