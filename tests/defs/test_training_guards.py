@@ -10,10 +10,10 @@
 from pathlib import Path
 
 import dagster as dg
+from testing_utils import grpo_stage_resources
 
 from learnalign_pipeline.core.policy.model import save_policy
 from learnalign_pipeline.core.storage.artifacts import Checkpoint
-from learnalign_pipeline.lib.io_managers import ArtifactIOManager
 from learnalign_pipeline.lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from learnalign_pipeline.lib.training import GRPOStageConfig, grpo_stage
 
@@ -42,14 +42,7 @@ def _train(root: Path, start: Path, problems, no_signal: str, **grpo):
         result = dg.materialize(
             [policy_under_test],
             instance=instance,
-            resources={
-                "io_manager": ArtifactIOManager(root=artifacts),
-                "store": ArtifactStore(root=artifacts),
-                "task": TaskSettings(max_new_tokens=8),
-                "grpo_loss": GRPOLoss(),
-                "trainer": TrainerSettings(),
-                "compute": ComputeSettings(device="cpu"),
-            },
+            resources=grpo_stage_resources(artifacts, max_new_tokens=8),
             raise_on_error=False,
         )
         if result.success:
