@@ -63,23 +63,22 @@ def preflight(job: dg.JobDefinition, run_config: dict) -> None:
         raise SettingsError("the run config has values the pipeline refuses:\n  " + "\n  ".join(problems))
 
 
-class _Preflighted(dg.Executor):
-    """An executor that checks the run config before its inner executor starts the first step."""
+_PREFLIGHTED: dict[type, type] = {}
 
-    def __init__(self, inner: dg.Executor):
-        self.inner = inner
 
-    def execute(self, plan_context, execution_plan) -> Iterator:
-        preflight(plan_context.job.get_definition(), dict(plan_context.run_config))
-        yield from self.inner.execute(plan_context, execution_plan)
+def _with_preflight(executor: dg.Executor) -> dg.Executor:
+    """`executor`, its class swapped for a subclass whose `execute` checks the run config first. A subclass, not a
+    wrapper: executors such as dagster-dask's check that the run's executor is an instance of their class."""
+    cls = type(executor)
+    if cls not in _PREFLIGHTED:
 
-    @property
-    def retries(self):
-        return self.inner.retries
+        def execute(self, plan_context, execution_plan) -> Iterator:
+            preflight(plan_context.job.get_definition(), dict(plan_context.run_config))
+            yield from cls.execute(self, plan_context, execution_plan)
 
-    @property
-    def step_dependency_config(self):
-        return self.inner.step_dependency_config
+        _PREFLIGHTED[cls] = type(f"Preflighted{cls.__name__}", (cls,), {"execute": execute, "__module__": __name__})
+    executor.__class__ = _PREFLIGHTED[cls]
+    return executor
 
 
 def preflighted(executor: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
@@ -89,6 +88,6 @@ def preflighted(executor: dg.ExecutorDefinition) -> dg.ExecutorDefinition:
         name=executor.name,
         config_schema=executor.config_schema,
         requirements=executor.get_requirements,
-        executor_creation_fn=lambda init_context: _Preflighted(create(init_context)),
+        executor_creation_fn=lambda init_context: _with_preflight(create(init_context)),
         description=executor.description,
     )
