@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -399,26 +398,26 @@ def grpo_stage(
     start: Checkpoint,
     base: Checkpoint,
     problems: pl.DataFrame,
-    no_signal: NoSignal = "fail",
     **recorded,
 ) -> dg.Output:
     """GRPO from checkpoint `start` (`base`: the pre-trained policy, the KL reference when `reference` is "base")
     on `problems` with a GRPO stage config; publishes the result. `recorded` goes into the checkpoint's
     training_config.json next to the stage config and the loss. A run in which every group had equal rewards (no
-    advantage, so nothing learned from reward) fails with the counts, or with `no_signal="warn"` (the warm-up) is
-    published with a warning, `no_reward_signal` in its metadata and the counts in its summary."""
+    advantage, so nothing learned from reward) fails with the counts, or with `on_no_signal="warn"` (the warm-up's
+    default) is published with a warning, `no_reward_signal` in its metadata and the counts in its summary."""
     grpo = grpo_settings(config, grpo_loss)
     [trained] = train_from(context, start, base, [(problems, grpo)], task, grpo_loss, trainer, compute, store)
     history = trained.history
     silent = no_reward_signal(history, grpo.problems_per_step)
-    if silent and no_signal == "fail":
+    if silent and grpo.on_no_signal == "fail":
         raise dg.Failure(
             description=f"{context.op.name}: {silent}. Check the gold answers and the policy's rollouts, sample more "
-            "rollouts per problem (num_samples) or train on problems the policy sometimes solves",
+            "rollouts per problem (num_samples), train on problems the policy sometimes solves, or set "
+            "on_no_signal: warn to publish it anyway",
             metadata={"steps": len(history), "problems_per_step": grpo.problems_per_step},
         )
     if silent:
-        context.log.warning(f"{context.op.name}: {silent}; published anyway (no_signal='warn')")
+        context.log.warning(f"{context.op.name}: {silent}; published anyway (on_no_signal: warn)")
     return finish_checkpoint(
         trained.staging,
         history,
@@ -441,9 +440,6 @@ def grpo_stage(
         train_seconds=trained.train_seconds,
         training_processes=trainer.processes,
     )
-
-
-NoSignal = Literal["fail", "warn"]
 
 
 def no_reward_signal(history: list[dict], problems_per_step: int) -> str | None:

@@ -1,7 +1,7 @@
 """A GRPO stage never trains nothing silently (issue 25), through `grpo_stage` and TRL on a real (untrained) policy:
 
 - every group with equal rewards (an untrained policy never answers right: reward 0 everywhere) fails a training
-  stage with the counts; the warm-up (`no_signal="warn"`) is published, marked in its metadata and its summary
+  stage with the counts; the warm-up (`on_no_signal: warn`, its default) is published, marked in its metadata and its summary
   (the console line), where it used to leave the weights bitwise equal without a word;
 - a training set smaller than one step of problems_per_step is refused before training is launched (it used to
   train 0 steps and crash with IndexError at history[0] after every upstream stage ran).
@@ -29,11 +29,11 @@ def _train(root: Path, start: Path, problems, no_signal: str, **grpo):
         store: ArtifactStore,
     ) -> dg.Output[Checkpoint]:
         settings = {"steps": 2, "problems_per_step": 4, "num_samples": 2, "checkpoint_every": 0, **grpo}
+        if no_signal != "fail":  # "fail" is the default
+            settings["on_no_signal"] = no_signal
         policy = Checkpoint(start)
-        marked = {"no_signal": no_signal} if no_signal != "fail" else {}  # "fail" is the default
         return grpo_stage(
-            context, GRPOStageConfig(**settings), task, grpo_loss, trainer, compute, store, policy, policy, problems,
-            **marked,
+            context, GRPOStageConfig(**settings), task, grpo_loss, trainer, compute, store, policy, policy, problems
         )  # fmt: skip
 
     artifacts = str(root / "artifacts")

@@ -34,7 +34,7 @@ class GRPOConfig:
     > Optimisation
         learning_rate, weight_decay, max_grad_norm
     > Schedule and robustness
-        steps, problems_per_step, seed, checkpoint_every, on_nonfinite
+        steps, problems_per_step, seed, checkpoint_every, on_nonfinite, on_no_signal
 
     The completion length and prompt format come from the task (`core/task/config.py`), shared with every stage.
     """
@@ -74,6 +74,11 @@ class GRPOConfig:
         "fail",
         "a step whose loss or gradient is NaN/inf: fail naming the step and its problems, or skip its update and "
         "count its problems (TRL's batched loss cannot leave out single problems)",
+    )
+    on_no_signal: Literal["fail", "warn"] = setting(
+        "fail",
+        "a run in which every group of every step had equal rewards (every advantage 0, nothing learned from reward): "
+        "fail with the counts, or publish it with a warning and `no_reward_signal` in its metadata",
     )
 
     def __post_init__(self) -> None:
