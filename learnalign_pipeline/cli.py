@@ -64,13 +64,14 @@ def run_job(name: str, run_config: dict | None = None, assets: list[str] | None 
     import dagster as dg
 
     from .definitions import job_named, reconstructable_job
-    from .lib.config import SettingsError, check_run_config
+    from .lib.config import SettingsError
     from .lib.console import QUIET_LOGGERS, followed_run
+    from .lib.preflight import preflight
     from .lib.runs import owner_tags, recover_dead_runs, sweep_leftovers
 
     config = {**IN_PROCESS, **QUIET_LOGGERS, **(run_config or {})}
     try:  # before any step runs: Dagster itself would build a stage's config only when that stage starts
-        check_run_config(job_named(name), config)
+        preflight(job_named(name), config)
     except SettingsError as error:
         print(f"{name} not started: {error}", file=sys.stderr)
         return False
@@ -105,14 +106,17 @@ def latest_metadata(asset: str) -> dict | None:
 
 
 def latest_benchmark_table() -> str:
-    from .core.storage.artifacts import read_artifact
+    import dagster as dg
+
     from .defs.evaluation.assets import TABLE_COLUMNS
+    from .lib.io_managers import load_latest
     from .lib.outputs import markdown_table
 
     metadata = latest_metadata("benchmark_results")
     if metadata is None:
         return "benchmark_results has not been materialized yet: run `learnalign demo`"
-    table = read_artifact(Path(metadata["path"].value), metadata["sha256"].value)
+    with dg.DagsterInstance.get() as instance:  # read under this home's artifact root, wherever it was written
+        table = load_latest(instance, dg.AssetKey("benchmark_results"), project_home() / "artifacts")
     return (
         markdown_table(table.select([*TABLE_COLUMNS, "backend"]))
         + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"

@@ -8,6 +8,7 @@ import dagster as dg
 
 from .defs.automation.conditions import with_automation
 from .lib.executors import default_executor
+from .lib.preflight import preflighted
 from .lib.resources import bind_resources
 
 # Groups with their own jobs (`learnalign compare`, `curriculum`, `experiment`), not part of the pipeline run.
@@ -23,7 +24,8 @@ learnalign_job = dg.define_asset_job(
     selection=dg.AssetSelection.all(include_sources=True)
     - dg.AssetSelection.groups(*EXTRA_GROUPS, "automation", include_sources=True),
     description="The whole LearnAlign pipeline.",
-    executor_def=dg.multi_or_in_process_executor,  # the CLI runs it in process; `dg launch` in step processes
+    # the CLI runs it in process; `dg launch` in step processes; both check the run config before the first step
+    executor_def=preflighted(dg.multi_or_in_process_executor),
 )
 
 
@@ -32,7 +34,8 @@ def defs() -> dg.Definitions:
     folder = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     return with_automation(
         dg.Definitions.merge(
-            folder, dg.Definitions(jobs=[learnalign_job], resources=bind_resources(), executor=default_executor())
+            folder,
+            dg.Definitions(jobs=[learnalign_job], resources=bind_resources(), executor=preflighted(default_executor())),
         )
     )
 

@@ -90,3 +90,24 @@ class ParityReward:
 
     def score_batch(self, completions, golds):
         return [float(len(c) % 2 == 0) for c in completions]
+
+
+def grpo_stage_resources(artifacts: str, max_new_tokens: int, processes: int = 1) -> dict:
+    """The resources an asset calling `lib/training.py` grpo_stage needs, on the CPU, under `artifacts`."""
+    from learnalign_pipeline.lib.io_managers import ArtifactIOManager
+    from learnalign_pipeline.lib.resources import (
+        ArtifactStore,
+        ComputeSettings,
+        GRPOLoss,
+        TaskSettings,
+        TrainerSettings,
+    )
+
+    return {
+        "io_manager": ArtifactIOManager(root=artifacts),
+        "store": ArtifactStore(root=artifacts),
+        "task": TaskSettings(max_new_tokens=max_new_tokens),
+        "grpo_loss": GRPOLoss(),
+        "trainer": TrainerSettings(processes=processes),
+        "compute": ComputeSettings(device="cpu"),
+    }

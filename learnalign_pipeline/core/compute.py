@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from .settings import require, setting
+from .settings import require, require_finite, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +31,7 @@ class ComputeConfig:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
 
 
@@ -20,3 +21,13 @@ def require(condition: bool, field: str, message: str) -> None:
     """Refuse a setting, naming the field and saying why."""
     if not condition:
         raise ValueError(f"{field}: {message}")
+
+
+def require_finite(settings: Any) -> None:
+    """Refuse NaN and +-inf in every number of a settings object (dict values included), naming the field: no bound
+    written as `x > 0` or `x <= 1` refuses inf, and `lr = inf` would fail at step 1 blaming the data."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        for number in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"{f.name}: must be a finite number (got {number})")

@@ -101,6 +101,13 @@ def _reasons(error: Exception) -> list[str]:
 def check_run_config(job: dg.JobDefinition, run_config: dict) -> None:
     """Build every op config and resource `run_config` sets for `job` the way its steps will; raise SettingsError
     naming each refused value (`ops.<asset>.config: <field>: <reason>`). Nothing runs."""
+    problems = run_config_refusals(job, run_config)
+    if problems:
+        raise SettingsError("the run config has values the pipeline refuses:\n  " + "\n  ".join(problems))
+
+
+def run_config_refusals(job: dg.JobDefinition, run_config: dict) -> list[str]:
+    """Each value of `run_config` a settings object of `job` refuses, as `<place>: <field>: <reason>`."""
     problems = []
     for name, entry in (run_config.get("ops") or {}).items():
         values = (entry or {}).get("config") or {}
@@ -126,5 +133,4 @@ def check_run_config(job: dg.JobDefinition, run_config: dict) -> None:
             cls(**((entry or {}).get("config") or {}))
         except Exception as error:  # noqa: BLE001
             problems += [f"resources.{key}.config: {reason}" for reason in _reasons(error)]
-    if problems:
-        raise SettingsError("the run config has values the pipeline refuses:\n  " + "\n  ".join(problems))
+    return problems

@@ -223,6 +223,11 @@ def train_policies(
     The script's main process streams a message per step (a progress bar here, a log line every tenth of a run in
     the event log) and a summary per run. A failed launch raises with the tail of each process's log. A killed
     launch leaves sealed checkpoints in each request's `state_dir`; training again resumes from them."""
+    for request in requests:  # before anything is launched: a short set would train no step
+        try:
+            request.grpo.require_full_step(request.problems.height)
+        except ValueError as error:
+            raise ValueError(f"{context.op.name}: {error}") from None
     attempt = uuid.uuid4().hex
     launch_dir = Path(store.root) / ".launches" / attempt
     launch_dir.mkdir(parents=True)
@@ -397,10 +402,22 @@ def grpo_stage(
 ) -> dg.Output:
     """GRPO from checkpoint `start` (`base`: the pre-trained policy, the KL reference when `reference` is "base")
     on `problems` with a GRPO stage config; publishes the result. `recorded` goes into the checkpoint's
-    training_config.json next to the stage config and the loss."""
+    training_config.json next to the stage config and the loss. A run in which every group had equal rewards (no
+    advantage, so nothing learned from reward) fails with the counts, or with `on_no_signal="warn"` (the warm-up's
+    default) is published with a warning, `no_reward_signal` in its metadata and the counts in its summary."""
     grpo = grpo_settings(config, grpo_loss)
     [trained] = train_from(context, start, base, [(problems, grpo)], task, grpo_loss, trainer, compute, store)
     history = trained.history
+    silent = no_reward_signal(history, grpo.problems_per_step)
+    if silent and grpo.on_no_signal == "fail":
+        raise dg.Failure(
+            description=f"{context.op.name}: {silent}. Check the gold answers and the policy's rollouts, sample more "
+            "rollouts per problem (num_samples), train on problems the policy sometimes solves, or set "
+            "on_no_signal: warn to publish it anyway",
+            metadata={"steps": len(history), "problems_per_step": grpo.problems_per_step},
+        )
+    if silent:
+        context.log.warning(f"{context.op.name}: {silent}; published anyway (on_no_signal: warn)")
     return finish_checkpoint(
         trained.staging,
         history,
@@ -410,7 +427,9 @@ def grpo_stage(
             "start": start.path.name,
             **recorded,
         },
-        summary=f"reward {history[0]['reward_mean']:.2f} -> {history[-1]['reward_mean']:.2f} over {len(history)} steps",
+        summary=f"reward {history[0]['reward_mean']:.2f} -> {history[-1]['reward_mean']:.2f} over {len(history)} steps"
+        + (f"; NO REWARD SIGNAL: {silent}" if silent else ""),
+        no_reward_signal=bool(silent),
         problems=problems.height,
         reward_first_step=history[0]["reward_mean"],
         reward_last_step=history[-1]["reward_mean"],
@@ -420,6 +439,19 @@ def grpo_stage(
         resumed_from=trained.resumed_from or "",
         train_seconds=trained.train_seconds,
         training_processes=trainer.processes,
+    )
+
+
+def no_reward_signal(history: list[dict], problems_per_step: int) -> str | None:
+    """Why a GRPO run learned nothing from reward (every group of every step had equal rewards, so every advantage
+    was 0: TRL's `frac_reward_zero_std` is 1 at each step), with the counts; None when some group had a signal."""
+    if not history or any(step["frac_reward_zero_std"] < 1.0 for step in history):
+        return None
+    groups = len(history) * problems_per_step
+    mean = sum(step["reward_mean"] for step in history) / len(history)
+    return (
+        f"all {groups} groups ({len(history)} steps x {problems_per_step} problems) had equal rewards (mean reward "
+        f"{mean:.2f}), so every GRPO advantage was 0 and the weights moved only by the KL term, if at all"
     )
 
 

@@ -72,7 +72,8 @@ def _checkpoint(root, files):
 
 
 def test_checkpoints_are_hashed_once_at_publish(tmp_path, monkeypatch):
-    """Publishing hashes each file once into manifest.json; loads check the manifest and the file sizes only."""
+    """Publishing hashes each file once into manifest.json; the first load in a process hashes every file again
+    (a same-size edit is caught), later loads of the unchanged files check the manifest and their stat only."""
     from learnalign_pipeline.core.storage import artifacts, hashing
 
     files = {"config.json": b"{}", "model.safetensors": b"x" * 4096}
@@ -85,7 +86,7 @@ def test_checkpoints_are_hashed_once_at_publish(tmp_path, monkeypatch):
     for _ in range(5):
         read_artifact(path, digest)
     assert written == digest == hashing.tree_digest(path)  # same digest formula as before manifests existed
-    assert len(calls) == len(files)
+    assert len(calls) == 2 * len(files)  # once at publish, once at the first load: at most one read per process
 
 
 def test_checkpoint_load_refuses_changed_files(tmp_path):
@@ -97,8 +98,9 @@ def test_checkpoint_load_refuses_changed_files(tmp_path):
     (path / "w.bin2").write_bytes(b"abcdef")  # truncated or grown: caught by the cheap check
     with pytest.raises(ArtifactIntegrityError, match="manifest"):
         read_artifact(path, digest)
-    (path / "w.bin2").write_bytes(b"abce")  # same size, other bytes: only the full re-hash sees it
-    read_artifact(path, digest)
+    (path / "w.bin2").write_bytes(b"abce")  # same size, other bytes: the load re-hashes the files (was size-only)
+    with pytest.raises(ArtifactIntegrityError, match="w.bin2 does not match its manifest"):
+        read_artifact(path, digest)
     with pytest.raises(ArtifactIntegrityError):
         verify_checkpoint(path, digest, full=True)
     (path / "w.bin2").write_bytes(b"abcd")
@@ -148,3 +150,15 @@ def test_publishing_a_checkpoint_again_repairs_a_corrupted_directory(tmp_path, d
     assert read_artifact(path, digest).path == path and len(said) == 1
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [path.name]  # the bad copy is gone
     assert not (tmp_path / "second").exists()
+
+
+def test_a_checkpoint_edited_after_a_verified_load_is_refused_at_the_next_load(tmp_path):
+    """A same-size edit of the weights between two loads (issue 25: a zeroed embedding gave a 0.0% benchmark row)."""
+    import time
+
+    path, digest = write_artifact(_checkpoint(tmp_path / "staging", {"model.safetensors": b"w" * 64}), tmp_path / "s")
+    assert read_artifact(path, digest).path == path
+    time.sleep(0.05)  # past the file-system clock's tick: the edit gets a new mtime and ctime
+    (path / "model.safetensors").write_bytes(b"v" * 64)
+    with pytest.raises(ArtifactIntegrityError, match="Rematerialize the asset that wrote it"):
+        read_artifact(path, digest)

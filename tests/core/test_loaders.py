@@ -245,3 +245,49 @@ def test_real_gsm8k_families_are_step_counts():
     counts = dict(result.problems.group_by("category").len().iter_rows())
     assert set(counts) <= {"steps_1", "steps_2", "steps_3", "steps_4", "steps_5", "steps_6+"}
     assert counts["steps_2"] > 100 and counts["steps_6+"] > 10 and None not in counts
+
+
+def _rewrite_once_reading_started(path: Path, data: bytes, done: list) -> None:
+    """Rewrite `path` in place (as `cat new > path` does) once this process has an open handle on it that has
+    read past its start: a writer racing the load."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != str(path):
+                    continue
+                position = int(Path(f"/proc/self/fdinfo/{fd}").read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if position > 0:
+                with open(path, "wb") as f:
+                    f.write(data)
+                done.append(position)
+                return
+        time.sleep(0.001)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="needs Linux /proc to see the read start")
+def test_a_file_rewritten_while_it_is_read_is_never_loaded_mixed(tmp_path):
+    """Issue 25: a pool rewritten in place during the load gave 77,093 old rows plus 226,418 new ones, no error."""
+    import threading
+
+    def pool(offset: int) -> bytes:
+        rows = [{"question": f"What is {i} + {offset}?", "answer": f"#### {i + offset}"} for i in range(20_000)]
+        return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    path = tmp_path / "pool.jsonl"
+    old, new = pool(1), pool(2)
+    path.write_bytes(old)
+    done: list = []
+    writer = threading.Thread(target=_rewrite_once_reading_started, args=(path, new, done))
+    writer.start()
+    result = load_problems(SourceConfig(path=str(path)))
+    writer.join()
+    assert done and done[0] < len(old)  # the rewrite landed while the first read was under way
+    prompts = set(result.problems["prompt"].to_list())
+    assert result.report.accepted == 20_000 and all(p.endswith("+ 2?") for p in prompts)  # the new file, whole
+    assert result.problems.equals(load_problems(SourceConfig(path=str(path))).problems)

@@ -70,3 +70,67 @@ def test_bad_values_are_refused_with_the_field_name(cls, values, message):
 )
 def test_defaults_are_accepted(cls):
     cls()
+
+
+def _settings_classes() -> list[type]:
+    """Every settings dataclass of core (fields declared with `setting(...)`, so they carry help text)."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import learnalign_pipeline.core as core
+
+    found = {}
+    for module in pkgutil.walk_packages(core.__path__, f"{core.__name__}."):
+        for value in vars(importlib.import_module(module.name)).values():
+            if (
+                isinstance(value, type)
+                and dataclasses.is_dataclass(value)
+                and value.__module__ == module.name
+                and any("help" in f.metadata for f in dataclasses.fields(value))
+            ):
+                found[value.__qualname__] = value
+    return sorted(found.values(), key=lambda c: c.__qualname__)
+
+
+def _float_fields() -> list[tuple[type, str, bool]]:
+    """(settings class, field, whether it is a dict of numbers) for every float setting."""
+    import dataclasses
+    import typing
+
+    fields = []
+    for cls in _settings_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if typing.get_origin(hint) is dict and typing.get_args(hint)[1] is float:
+                fields.append((cls, f.name, True))
+            elif hint is float or (typing.get_origin(hint) is not dict and float in typing.get_args(hint)):
+                fields.append((cls, f.name, False))
+    return fields
+
+
+FLOAT_FIELDS = _float_fields()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize(
+    ("cls", "name", "is_dict"), FLOAT_FIELDS, ids=[f"{c.__name__}.{n}" for c, n, _ in FLOAT_FIELDS]
+)
+def test_every_float_setting_refuses_nan_and_inf_naming_the_field(cls, name, is_dict, bad):
+    """`learning_rate: inf` used to pass every bound and fail at step 1 blaming the problems; `temperature: inf`
+    silently sampled uniformly (issue 25)."""
+    value = {k: bad for k in getattr(cls(), name) or {"x": 0}} if is_dict else bad
+    with pytest.raises(ValueError) as refused:
+        cls(**{name: value})
+    assert str(refused.value).startswith(f"{name}:")
+
+
+def test_the_float_settings_are_found():
+    names = {(c.__name__, n) for c, n, _ in FLOAT_FIELDS}
+    assert {
+        ("GRPOConfig", "learning_rate"),
+        ("RolloutConfig", "temperature"),
+        ("PretrainConfig", "shortcut_rates"),
+    } <= names
+    assert len(names) >= 15

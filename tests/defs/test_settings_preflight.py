@@ -44,3 +44,58 @@ def test_a_run_config_view_refuses_what_its_settings_object_refuses():
     with pytest.raises(ValueError, match="steps: must be >= 1"):
         TrainingConfig(steps=0)
     assert TrainingConfig(steps=3).steps == 3
+
+
+def test_a_run_started_outside_the_cli_checks_its_settings_before_the_first_step(tmp_path, monkeypatch):
+    """What the launchpad, automation and `dg launch` do: execute the job without `learnalign`. The executor checks
+    the run config at run start (issue 25: `steps: 0` let every stage before training run first; `inf` passed)."""
+    from learnalign_pipeline.definitions import reconstructable_job
+
+    monkeypatch.setenv("LEARNALIGN_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    cli.prepare_environment()
+    config = {
+        "execution": {"config": {"in_process": {}}},
+        "ops": {
+            "benchmark_problems": SMOKE["ops"]["benchmark_problems"],
+            "trained_policy": {"config": {"steps": 0}},
+        },
+        "resources": {"task": {"config": {"verifier_timeout_s": float("inf")}}},
+    }
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(
+            reconstructable_job("learnalign_job"),
+            instance=instance,
+            run_config=config,
+            asset_selection=[dg.AssetKey("benchmark_problems"), dg.AssetKey("trained_policy")],
+            raise_on_error=False,
+        )
+        assert not result.success
+        events = instance.all_logs(result.run_id)
+    assert not [e for e in events if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
+    failures = [e.dagster_event.event_specific_data for e in events if e.dagster_event and e.dagster_event.is_failure]
+    failure = "\n".join(data.error.message for data in failures if getattr(data, "error", None))
+    assert "ops.trained_policy.config: steps: must be >= 1 (got 0)" in failure
+    assert "resources.task.config: verifier_timeout_s: must be a finite number (got inf)" in failure
+
+
+def test_a_training_set_smaller_than_one_step_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    """Budget 1 with 8 problems per step used to run every stage, then crash with IndexError at history[0]."""
+    monkeypatch.setenv("LEARNALIGN_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    cli.prepare_environment()
+    config = copy.deepcopy(SMOKE)
+    config["ops"]["selected_subset"]["config"]["budget"] = 1
+    config["ops"]["warmup_policy"]["config"]["subset_size"] = 4
+    assert cli.run_job("learnalign_job", config) is False
+    err = capsys.readouterr().err
+    assert (
+        "ops.trained_policy.config: problems_per_step: selected_subset.budget = 1 problems cannot fill one step of 8"
+        in err
+    )
+    assert (
+        "ops.warmup_policy.config: problems_per_step: warmup_policy.subset_size = 4 problems cannot fill one step of 8"
+        in err
+    )
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_runs() == []

@@ -66,8 +66,13 @@ def materializations(asset: str) -> int:
         return len(instance.fetch_materializations(dg.AssetKey(asset), limit=100).records)
 
 
-def test_unlearnable_problems_never_fill_the_budget_and_a_larger_budget_says_so(home):
+@pytest.fixture(scope="module")
+def selected(home):
     assert cli.run_job("learnalign_job", smoke(), assets=SELECTION)
+    return home
+
+
+def test_unlearnable_problems_never_fill_the_budget_and_a_larger_budget_says_so(selected):
     rates = {r["problem_id"]: r["success_rate"] for r in _table("success_rates")}
     learnable = sum(0 < p < 1 for p in rates.values())
     budget = SMOKE["ops"]["selected_subset"]["config"]["budget"]
@@ -88,6 +93,26 @@ def test_unlearnable_problems_never_fill_the_budget_and_a_larger_budget_says_so(
     assert scores == sorted(scores, reverse=True)
 
 
+def test_a_corrupted_selected_subset_is_repaired_by_rematerializing_it(selected):
+    """Issue 25: the asset reads its own previous version (for the diff), and that read refused the corrupted file,
+    so following the consumer's advice ("rematerialize the asset that wrote it") failed the same way."""
+    from pathlib import Path
+
+    from learnalign_pipeline.core.storage.artifacts import read_artifact
+
+    assert cli.run_job("learnalign_job", smoke(), assets=["selected_subset"])
+    meta = metadata("selected_subset")
+    path, digest = Path(meta["path"]), meta["sha256"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped on disk
+    path.write_bytes(bytes(data))
+
+    assert cli.run_job("learnalign_job", smoke(), assets=["selected_subset"])
+    meta = metadata("selected_subset")
+    assert (Path(meta["path"]), meta["sha256"]) == (path, digest)  # the same subset, its file rewritten
+    assert read_artifact(path, digest).height == meta["selected"]
+
+
 def test_a_pool_without_learnable_problems_fails_selection_with_the_counts(home, tmp_path, capsys):
     pool = tmp_path / "impossible.jsonl"  # the policy never answers -987654321
     with open(pool, "w") as f:
@@ -102,6 +127,8 @@ def test_a_pool_without_learnable_problems_fails_selection_with_the_counts(home,
     failure = next(line for line in out.splitlines() if line.startswith("✗ selected_subset failed: "))
     assert "no learnable problem in the pool: all 40 problems have p = 0 or 1 at the scoring policy" in failure
     assert "(40 never solved, 0 always solved)" in failure
+    warmup = next(line for line in out.splitlines() if line.startswith("✓ warmup_policy"))
+    assert "NO REWARD SIGNAL: all 16 groups (2 steps x 8 problems) had equal rewards (mean reward 0.00)" in warmup
 
 
 def _table(asset: str) -> list[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from safetensors.torch import load_file
+from testing_utils import grpo_stage_resources
 
 from learnalign_pipeline.core.data.arithmetic import arithmetic_frame
 from learnalign_pipeline.core.policy.model import TinyPolicyConfig, build_model, save_policy
@@ -15,7 +16,6 @@ from learnalign_pipeline.core.storage.artifacts import Checkpoint
 from learnalign_pipeline.core.task.prompts import render
 from learnalign_pipeline.core.training.config import PretrainConfig
 from learnalign_pipeline.core.training.sft import supervised_pretrain
-from learnalign_pipeline.lib.io_managers import ArtifactIOManager
 from learnalign_pipeline.lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
 from learnalign_pipeline.lib.training import GRPOStageConfig, grpo_stage
 
@@ -68,14 +68,7 @@ def _train(start: Path, root: Path, processes: int) -> tuple[dg.AssetMaterializa
         result = dg.materialize(
             [tiny_grpo_policy],
             instance=instance,
-            resources={
-                "io_manager": ArtifactIOManager(root=artifacts),
-                "store": ArtifactStore(root=artifacts),
-                "task": TaskSettings(max_new_tokens=16),
-                "grpo_loss": GRPOLoss(),
-                "trainer": TrainerSettings(processes=processes),
-                "compute": ComputeSettings(device="cpu"),
-            },
+            resources=grpo_stage_resources(artifacts, max_new_tokens=16, processes=processes),
         )
         assert result.success
         materialization = instance.get_latest_materialization_event(

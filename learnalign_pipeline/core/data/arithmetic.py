@@ -28,7 +28,7 @@ from typing import Literal
 
 import polars as pl
 
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from ..storage.hashing import problem_id
 from .schema import PROBLEM_SCHEMA
 
@@ -151,6 +151,7 @@ class ArithmeticMix:
     target_cells: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for key in list(self.cells or {}) + list(self.shortcut_rates):
             family, _, variant = key.partition("/")
             require(family in FAMILIES, "cells", f"unknown family in {key!r}; known: {sorted(FAMILIES)}")
@@ -212,6 +213,7 @@ class ArithmeticConfig:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.mix in MIXES, "mix", f"unknown mix {self.mix!r}; known: {sorted(MIXES)}")
 
 

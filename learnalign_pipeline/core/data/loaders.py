@@ -9,6 +9,12 @@ the limit only its first `limit` bytes are kept (the rest is counted and dropped
 row costs a few MB. CSV rows go through Python's `csv` module over those bounded lines (all values stay strings;
 an empty cell is ""). Parquet and Arrow files are read a table (or record batch) at a time.
 
+A load is atomic with respect to the file: the source's size and modification time are taken before and after the
+read, and the digest of the bytes a JSONL or CSV read consumed is compared with the file's digest afterwards
+(Parquet and Arrow, read out of order, compare the digest before and after), so a file rewritten while it was read
+is detected, the load is retried, and after `LOAD_ATTEMPTS` changed reads it is refused; rows of two versions are
+never mixed.
+
 Every row read ends up in exactly one place: the accepted table, the rejected table (with its location and
 reason), or the duplicate count, so `rows_read == accepted + rejected + duplicates_collapsed` always holds.
 """
@@ -16,6 +22,7 @@ reason), or the duplicate count, so `rows_read == accepted + rejected + duplicat
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import posixpath
 from collections.abc import Iterator
@@ -25,9 +32,10 @@ from typing import Literal
 import fsspec
 import polars as pl
 
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from ..storage.hashing import problem_id
 from ..task.verify import last_boxed, parse_number
+from .fingerprint import fingerprint
 from .schema import PROBLEM_SCHEMA
 
 Format = Literal["gsm8k", "math", "generic"]
@@ -48,6 +56,7 @@ DUPLICATE_SCHEMA: dict[str, pl.DataType] = {
 }
 RAW_PREVIEW_CHARS = 500
 BATCH_ROWS = 1024  # Parquet rows decoded at a time
+LOAD_ATTEMPTS = 3  # reads of a source that keeps changing before the load is refused
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class SourceConfig:
     max_row_chars: int = setting(20_000, "rows longer than this are rejected as oversized; they are not problems")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.max_row_chars >= 1, "max_row_chars", f"must be >= 1 (got {self.max_row_chars})")
         if self.format == "generic":
             require(bool(self.prompt_column), "prompt_column", "the generic format needs the question's column")
@@ -94,6 +104,30 @@ class LoadResult:
     rejected: pl.DataFrame  # REJECTED_SCHEMA
     duplicates: pl.DataFrame  # DUPLICATE_SCHEMA
     report: LoadReport
+
+
+class SourceChangedError(OSError):
+    """The source file changed while it was read, on every attempt."""
+
+
+class _Consumed:
+    """The digest of the bytes a sequential reader consumed, in order."""
+
+    def __init__(self):
+        self.sha256, self.sequential = hashlib.sha256(), False
+
+
+class _HashingStream:
+    """A binary stream whose bytes, as they are read, go into a `_Consumed` digest."""
+
+    def __init__(self, stream, consumed: _Consumed):
+        self.stream, self.consumed = stream, consumed
+        consumed.sequential = True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.consumed.sha256.update(data)
+        return data
 
 
 class RowError(ValueError):
@@ -152,9 +186,10 @@ def _bounded_lines(stream, limit: int, block: int = 1 << 16) -> Iterator[_Line]:
         yield _Line(bytes(kept), length)
 
 
-def _read_jsonl(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
+def _read_jsonl(fs, fs_path: str, spec: SourceConfig, consumed: _Consumed) -> Iterator[_RawRow]:
     name = posixpath.basename(fs_path)
-    with _open(fs, fs_path, spec.path) as handle:
+    with _open(fs, fs_path, spec.path) as raw:
+        handle = _HashingStream(raw, consumed)
         for index, bounded in enumerate(_bounded_lines(handle, spec.max_row_chars)):
             line = bounded.data
             location = f"{name}:{index + 1}"
@@ -231,7 +266,7 @@ def _records_as_rows(records: list[dict], name: str, start: int, spec: SourceCon
         yield _RawRow(f"{name}:row {index}", index, None if error else record, raw[:RAW_PREVIEW_CHARS], error)
 
 
-def _read_parquet(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
+def _read_parquet(fs, fs_path: str, spec: SourceConfig, consumed: _Consumed) -> Iterator[_RawRow]:
     import pyarrow.parquet as pq
 
     name, start = posixpath.basename(fs_path), 0
@@ -245,13 +280,14 @@ def _read_parquet(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
             raise ValueError(f"cannot read Parquet file {spec.path}: {error}") from error
 
 
-def _read_csv(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
+def _read_csv(fs, fs_path: str, spec: SourceConfig, consumed: _Consumed) -> Iterator[_RawRow]:
     """Rows of a CSV file with a header, all values strings (type inference would turn "007" into 7 and change
     the content hash). A physical line longer than 4 x max_row_chars bytes (so certainly longer than max_row_chars
     characters) is never held whole: the row it belongs to is rejected as oversized."""
     name = posixpath.basename(fs_path)
     limit = 4 * spec.max_row_chars  # UTF-8: at most 4 bytes per character
-    with _open(fs, fs_path, spec.path) as handle:
+    with _open(fs, fs_path, spec.path) as raw:
+        handle = _HashingStream(raw, consumed)
         bad_lines: dict[int, RowError] = {}  # physical line number -> why the row holding it is rejected
 
         def text_lines() -> Iterator[str]:
@@ -309,7 +345,7 @@ def _read_csv(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
             csv.field_size_limit(previous_limit)
 
 
-def _read_saved_dataset(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRow]:
+def _read_saved_dataset(fs, fs_path: str, spec: SourceConfig, consumed: _Consumed) -> Iterator[_RawRow]:
     import pyarrow as pa
 
     state_path = posixpath.join(fs_path, "state.json")
@@ -331,17 +367,40 @@ def _read_saved_dataset(fs, fs_path: str, spec: SourceConfig) -> Iterator[_RawRo
                 raise ValueError(f"cannot read Arrow shard {filename} of {spec.path}: {error}") from error
 
 
-def read_rows(spec: SourceConfig) -> Iterator[_RawRow]:
+def read_rows(spec: SourceConfig, consumed: _Consumed | None = None) -> Iterator[_RawRow]:
+    """The rows of `spec`'s source, in order; a JSONL or CSV read puts the bytes it consumed into `consumed`."""
+    consumed = consumed or _Consumed()
     fs, fs_path = _fs(spec.path)
     if fs.isdir(fs_path):
-        return _read_saved_dataset(fs, fs_path, spec)
+        return _read_saved_dataset(fs, fs_path, spec, consumed)
     suffix = fs_path.lower().rsplit(".", 1)[-1]
     readers = {"jsonl": _read_jsonl, "json": _read_jsonl, "parquet": _read_parquet, "csv": _read_csv}
     if suffix not in readers:
         raise ValueError(
             f"cannot tell the format of {spec.path}: expected .jsonl, .parquet, .csv or a save_to_disk directory"
         )
-    return readers[suffix](fs, fs_path, spec)
+    return readers[suffix](fs, fs_path, spec, consumed)
+
+
+def _stat(path: str) -> tuple:
+    """(file, size, modification time or version tag) of every file of a source, sorted."""
+    fs, root = fsspec.core.url_to_fs(path)
+    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
+    infos = [(f, fs.info(f)) for f in files]
+    return tuple((f, i.get("size"), i.get("mtime") or i.get("LastModified") or i.get("ETag")) for f, i in infos)
+
+
+def _change(spec: SourceConfig, before: tuple, before_sha256: str | None, consumed: _Consumed) -> str | None:
+    """How the source changed while it was read, or None when the rows read are exactly its current content."""
+    after = _stat(spec.path)
+    if after != before:
+        return "its size or modification time changed"
+    current = fingerprint(spec.path).sha256
+    if consumed.sequential and consumed.sha256.hexdigest() != current:
+        return "the bytes read differ from its content after the read"
+    if before_sha256 is not None and before_sha256 != current:
+        return "its digest changed"
+    return None
 
 
 # ---- normalizing -----------------------------------------------------------------------------------------
@@ -438,11 +497,31 @@ def _normalize(record: dict, spec: SourceConfig) -> tuple[str, str, str | None, 
 
 
 def load_problems(spec: SourceConfig, exclude_ids: frozenset[str] = frozenset()) -> LoadResult:
-    """Read and normalize `spec`; rows whose id is in `exclude_ids` (e.g. the benchmark) count as duplicates."""
+    """Read and normalize `spec`; rows whose id is in `exclude_ids` (e.g. the benchmark) count as duplicates. A
+    source that changes while it is read is read again, and refused (SourceChangedError) after LOAD_ATTEMPTS."""
+    changes = []
+    for _ in range(LOAD_ATTEMPTS):
+        before = _stat(spec.path)
+        sequential = spec.path.lower().rsplit(".", 1)[-1] in ("jsonl", "json", "csv") and len(before) == 1
+        before_sha256 = None if sequential else fingerprint(spec.path).sha256  # read out of order: digest it first
+        consumed = _Consumed()
+        result = _load_once(spec, exclude_ids, consumed)
+        change = _change(spec, before, before_sha256, consumed)
+        if change is None:
+            return result
+        changes.append(change)
+    raise SourceChangedError(
+        f"problem source {spec.path} changed while it was read, {LOAD_ATTEMPTS} times ({'; '.join(changes)}): "
+        "nothing was loaded. Write a new version to another name and rename it over the old one (an atomic "
+        "replace), or wait until the writer is done"
+    )
+
+
+def _load_once(spec: SourceConfig, exclude_ids: frozenset[str], consumed: _Consumed) -> LoadResult:
     accepted, rejected, duplicates = [], [], []
     kept: dict[str, str] = {pid: "excluded" for pid in exclude_ids}
     rows_read = 0
-    for row in read_rows(spec):
+    for row in read_rows(spec, consumed):
         rows_read += 1
         try:
             if row.error is not None:

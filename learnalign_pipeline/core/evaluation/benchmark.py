@@ -9,7 +9,7 @@ import polars as pl
 from ..policy.generation import GenerationBackend, SamplingSpec
 from ..policy.rollouts import sample_rollouts
 from ..selection.config import BackendName
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from ..task.prompts import PromptFormat
 from ..task.verify import Verifier
 
@@ -29,6 +29,7 @@ class BenchmarkConfig:
     sampled_top_p: float = setting(0.95, "top-p of the sampled pass@1")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.fewshot >= 0, "fewshot", "must be >= 0")
         require(self.sampled_n >= 0, "sampled_n", "must be >= 0")
         require(self.sampled_temperature > 0, "sampled_temperature", "must be > 0 (sampled pass@1 samples)")

@@ -36,7 +36,7 @@ from ..selection.curriculum import CurriculumConfig, GradAlignScorer, curriculum
 from ..selection.features import features_for_rates
 from ..selection.methods import SelectionSignals, method_scores
 from ..selection.scoring import learnability, top_n, unit_rows
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from ..storage.hashing import derived_seed
 from ..task.config import TaskConfig
 from ..training.config import GRPOConfig
@@ -81,6 +81,7 @@ class ExperimentDataConfig:
     noise_seed: int = setting(0, "seed choosing the coin-flip problems")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(0 <= self.coin_flip_share <= 1, "coin_flip_share", "must be in [0, 1]")
         require(self.target_size >= 1 and self.full_size >= 1, "target_size", "evaluation sets must not be empty")
 
@@ -132,6 +133,7 @@ class ExperimentConfig:
     validation_samples: int = setting(8, "k_v: rollouts per validation problem")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         unknown = (set(self.arms) | set(self.coin_flip_arms)) - set(ARMS)
         require(not unknown, "arms", f"unknown arms {sorted(unknown)}; known: {list(ARMS)}")
         require("random" in self.arms, "arms", "every contrast is against random: keep it")

@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from ..compute import DTYPES
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"  # Qwen2.5's specials, in its id order
@@ -74,6 +74,7 @@ class TinyPolicyConfig:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         require(self.hidden_size % self.num_heads == 0, "hidden_size", "must be a multiple of num_heads")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from .generation import Completion, SamplingSpec, finish_completion, stop_token_ids
 
 INSTALL_HINT = (
@@ -48,6 +48,7 @@ class VLLMConfig:
     seed: int = setting(0, "engine seed (per-request seeds still decide the samples)")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
         require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
 

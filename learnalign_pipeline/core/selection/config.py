@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from .capture import Scope
 from .methods import METHODS
 from .projection import DenseProjector, KroneckerProjector, Projector
@@ -28,6 +28,7 @@ class RolloutConfig:
     problems_per_file: int = setting(64, "problems per published row-cache file: the unit a crash can lose")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(
             self.num_samples >= 2,
             "num_samples",
@@ -77,6 +78,7 @@ class FeatureConfig:
         return KroneckerProjector(self.kronecker_in, self.kronecker_out, self.seed, self.output_width)
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for name in ("kronecker_in", "kronecker_out", "dense_width_per_layer", "last_blocks", "problems_per_batch"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         require(self.memory_budget_gib is None or self.memory_budget_gib > 0, "memory_budget_gib", "must be > 0")
@@ -95,6 +97,7 @@ class AlignmentConfig:
     max_matrix_problems: int = setting(256, "store the explicit n x n matrix only up to this n")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.max_matrix_problems >= 0, "max_matrix_problems", "must be >= 0")
 
 
@@ -113,4 +116,5 @@ class SelectionConfig:
     seed: int = setting(0, "seed of the random and accuracy_band draws")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.budget >= 1, "budget", f"must be >= 1 problem (got {self.budget})")

@@ -16,7 +16,7 @@ import torch
 
 from ..policy.generation import SamplingSpec, TransformersBackend
 from ..policy.rollouts import sample_rollouts, success_rates
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from ..task.config import TaskConfig
 from ..task.verify import Verifier
 from ..training.grpo import GRPOLossConfig
@@ -48,6 +48,7 @@ class CurriculumConfig:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for name in ("chunk_size", "keep"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         for name in ("candidate_samples", "validation_samples"):

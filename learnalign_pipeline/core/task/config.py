@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from .prompts import TEMPLATES, PromptFormat
 from .verify import VERIFIERS, make_verifier
 
@@ -36,6 +36,7 @@ class TaskConfig:
     max_new_tokens: int = setting(24, "completion length limit for rollouts, training and benchmarks")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(
             self.template in TEMPLATES, "template", f"unknown template {self.template!r}; known: {sorted(TEMPLATES)}"
         )

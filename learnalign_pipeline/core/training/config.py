@@ -9,7 +9,7 @@ from typing import Literal
 
 from ..data.arithmetic import DEFAULT_SHORTCUT_RATES
 from ..policy.generation import SamplingSpec
-from ..settings import require, setting
+from ..settings import require, require_finite, setting
 from .grpo import Aggregation, GRPOLossConfig
 
 # The fields that define the loss and its KL reference. Warm-up, the gradient features and training must use the
@@ -34,7 +34,7 @@ class GRPOConfig:
     > Optimisation
         learning_rate, weight_decay, max_grad_norm
     > Schedule and robustness
-        steps, problems_per_step, seed, checkpoint_every, on_nonfinite
+        steps, problems_per_step, seed, checkpoint_every, on_nonfinite, on_no_signal
 
     The completion length and prompt format come from the task (`core/task/config.py`), shared with every stage.
     """
@@ -75,8 +75,14 @@ class GRPOConfig:
         "a step whose loss or gradient is NaN/inf: fail naming the step and its problems, or skip its update and "
         "count its problems (TRL's batched loss cannot leave out single problems)",
     )
+    on_no_signal: Literal["fail", "warn"] = setting(
+        "fail",
+        "a run in which every group of every step had equal rewards (every advantage 0, nothing learned from reward): "
+        "fail with the counts, or publish it with a warning and `no_reward_signal` in its metadata",
+    )
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(
             self.num_samples >= 2,
             "num_samples",
@@ -93,6 +99,16 @@ class GRPOConfig:
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
         require(self.problems_per_step >= 1, "problems_per_step", f"must be >= 1 (got {self.problems_per_step})")
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 disables training states)")
+
+    def require_full_step(self, num_problems: int) -> None:
+        """Refuse a training set that cannot fill one step: TRL trains whole batches of `problems_per_step`
+        problems and drops a short one, so with fewer problems it trains no step at all (or steps that mix epochs)."""
+        require(
+            num_problems >= self.problems_per_step,
+            "problems_per_step",
+            f"{num_problems} problems cannot fill one step of {self.problems_per_step}: lower problems_per_step to at "
+            f"most {num_problems}, or train on more problems (a larger pool, budget or subset_size)",
+        )
 
     def loss(self, max_new_tokens: int) -> GRPOLossConfig:
         """The loss these settings define, for completions of at most `max_new_tokens` tokens."""
@@ -152,6 +168,7 @@ class TrainerConfig:
     vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.processes >= 1, "processes", "must be >= 1")
         require(self.micro_batch_rows >= 0, "micro_batch_rows", "must be >= 0 (0 = one micro-batch per process)")
         require(0 < self.vllm_memory_utilization < 1, "vllm_memory_utilization", "must be in (0, 1)")
@@ -203,6 +220,7 @@ class PretrainConfig:
     seed: int = setting(0, "seed of initialization and batch order")
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
         require(self.corpus_size >= 1, "corpus_size", f"must be >= 1 (got {self.corpus_size})")

@@ -47,9 +47,10 @@ def pretrained_policy(
     )
 
 
-class WarmupConfig(grpo_stage_config(steps=4, problems_per_step=16)):
+class WarmupConfig(grpo_stage_config(steps=4, problems_per_step=16, on_no_signal="warn")):
     """GRPO on a small random subset of the pool before scoring (LearnAlign step 1: cold-start gradients are noisy);
-    4 x 16 = one epoch of the subset."""
+    4 x 16 = one epoch of the subset. A warm-up without reward signal is published (the scoring policy is then the
+    pre-trained one) and says so on the console."""
 
     subset_size: int = Field(default=64, ge=1, description="random pool problems the warm-up trains on")
 

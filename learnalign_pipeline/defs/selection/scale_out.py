@@ -11,11 +11,13 @@ resource is never given a shard).
 import dagster as dg
 from dagster_dask import dask_executor
 
+from ...lib.preflight import preflighted
+
 SHARDED_STAGES = dg.AssetSelection.assets("rollouts", "success_rates", "projected_gradients")
 
 sharded_stages_on_dask = dg.define_asset_job(
     "sharded_stages_on_dask",
     selection=SHARDED_STAGES,
-    executor_def=dask_executor,
+    executor_def=preflighted(dask_executor),
     description="Rollouts and gradient features with each shard a Dask task (upstream assets must be materialized).",
 )

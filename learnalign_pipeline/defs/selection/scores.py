@@ -1,7 +1,6 @@
 """Learnability, LearnAlign alignment and the selected subset (LearnAlign steps 2 and 4)."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,10 +11,12 @@ from ...core.evaluation.charts import P_BUCKETS, histogram, p_bucket, shares, su
 from ...core.selection.config import AlignmentConfig, SelectionConfig
 from ...core.selection.methods import NoLearnableProblems, SelectionSignals, select
 from ...core.selection.scoring import alignment_matrix, learnability, learnalign_scores
-from ...core.storage.artifacts import TensorBundle, read_artifact
+from ...core.storage.artifacts import ArtifactIntegrityError, TensorBundle
 from ...lib.charts import image, present, table
 from ...lib.config import config_view
+from ...lib.io_managers import load_latest
 from ...lib.outputs import versioned
+from ...lib.resources import ArtifactStore
 
 
 @dg.asset(group_name="selection", code_version="1", kinds={"polars"})
@@ -146,6 +147,7 @@ def selected_subset(
     success_rates: pl.DataFrame,
     projected_gradients: TensorBundle,
     raw_problems: pl.DataFrame,
+    store: ArtifactStore,
 ) -> dg.Output[pl.DataFrame]:
     """The top-N problems by the configured method's score (ties broken by problem id), with rank, score and a
     `noisy` flag (problems whose gold answer the pool config corrupted). Learnability and gradient methods select
@@ -176,7 +178,7 @@ def selected_subset(
         success_rates.select("problem_id", "success_rate"), on="problem_id", how="inner"
     )
     cutoff = float(subset["score"][-1]) if subset.height else None
-    previous, diff = previous_subset(context), None
+    previous, diff = previous_subset(context, store.root), None
     if previous is not None:
         diff = subset_diff(previous, subset, set(raw_problems["problem_id"].to_list()))
     return versioned(
@@ -258,15 +260,15 @@ SHARE_COLUMNS = {
 }
 
 
-def previous_subset(context: dg.AssetExecutionContext) -> pl.DataFrame | None:
+def previous_subset(context: dg.AssetExecutionContext, root: str) -> pl.DataFrame | None:
     """The subset of the latest earlier materialization (while this one runs, the latest recorded), or None."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    if event is None or event.asset_materialization is None or "path" not in event.asset_materialization.metadata:
+    if context.instance.get_latest_materialization_event(context.asset_key) is None:
         return None
-    metadata = event.asset_materialization.metadata
     try:
-        return read_artifact(Path(metadata["path"].value), metadata["sha256"].value if "sha256" in metadata else None)
-    except (OSError, ValueError) as error:  # pruned or unreadable: the diff is skipped, the subset is not
+        return load_latest(context.instance, context.asset_key, root)
+    except (OSError, ValueError, ArtifactIntegrityError) as error:
+        # never materialized, pruned, unreadable or corrupted: the diff is skipped, never the subset, so
+        # rematerializing this asset (what a consumer's integrity error advises) rewrites a corrupted file
         context.log.warning(f"previous selected_subset unreadable, no diff: {error}")
         return None
 

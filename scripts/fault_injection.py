@@ -1,0 +1,276 @@
+"""Fault-injection harness: kill the pipeline anywhere, fill its disk anywhere, rerun it with the normal command,
+and check that every asset ends with the digest of an uninterrupted run.
+
+    python scripts/fault_injection.py --work /tmp/faults --kills 3 --enospc 2 --seed 0 [--preset smoke]
+        [--assets raw_problems,pretrained_policy,...]      # a part of learnalign_job (default: `learnalign demo`)
+    python scripts/fault_injection.py --work /tmp/faults --replay kill:17   # one trial again, from its seed
+
+1. The reference: one uninterrupted run in a fresh `LEARNALIGN_HOME`, counting the files it opens for writing
+   under the home (a Python audit hook sees every `open` for writing made from Python).
+2. A kill trial (seed s): a fresh home, the same command, SIGKILL of the process (its training processes die with
+   it: parent-death signal) when it opens its n-th file for writing, n drawn from s in [1, the reference's count];
+   with `--kill-by time`, after a time drawn from s in [1 s, the reference's wall time] instead.
+3. An ENOSPC trial (seed s): the n-th write raises `OSError(ENOSPC)` ("No space left on device"), as a full disk
+   does; the run must fail (or finish) and leave nothing that a rerun would read.
+4. After either, the normal command again on the same home (it recovers the killed run first), which must succeed;
+   then every asset's latest recorded sha256 is compared with the reference's.
+
+The stage hit is the step (or steps) the killed or failed run had started and not finished, read from its event
+log ("between steps" when none). A write-indexed trial is reproduced exactly by its seed (`--replay kind:seed`);
+a time-indexed kill lands near the same point, timing permitting. The report is one line per trial and a summary
+(trials, stages hit, identical outcomes), also written to `<work>/report.json`. Exit status 1 if any rerun failed or
+any digest differed.
+
+Writes outside Python (safetensors' and DuckDB's native code, SQLite) are not counted or failed here; a
+size-limited filesystem (`mount -t tmpfs -o size=...` over the artifact root, where the machine allows it) covers
+them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+# ---- the child: the normal command, with a write counter or a fault armed ------------------------------------------
+
+
+def _writes_under(root: str):
+    """A predicate: is this `open` audit event a write to a file under `root`?"""
+
+    def is_write(args) -> bool:
+        path, mode, flags = (list(args) + [None, None, None])[:3]
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return False
+        path = os.fsdecode(path)
+        if not os.path.abspath(path).startswith(root):
+            return False
+        if isinstance(mode, str):
+            return any(c in mode for c in "wax+")
+        return isinstance(flags, int) and bool(flags & WRITE_FLAGS)
+
+    return is_write
+
+
+def arm(fault: str, at: int, count_file: str | None) -> None:
+    """Install the audit hook: count writes under $LEARNALIGN_HOME, and at the `at`-th one SIGKILL this process
+    (`kill`) or raise ENOSPC (`enospc`)."""
+    is_write = _writes_under(os.path.abspath(os.environ["LEARNALIGN_HOME"]))
+    state = {"writes": 0, "fired": False}
+
+    def hook(event, args):
+        if event != "open" or state["fired"] or not is_write(args):
+            return
+        state["writes"] += 1
+        if fault != "none" and state["writes"] == at:
+            state["fired"] = fault == "enospc"  # later writes go through: a disk that frees up again
+            print(f"fault_injection: {fault} at write {at}: {os.fsdecode(args[0])}", file=sys.stderr, flush=True)
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fsdecode(args[0]))
+
+    if count_file:
+        import atexit
+
+        atexit.register(lambda: Path(count_file).write_text(str(state["writes"])))
+    sys.addaudithook(hook)
+
+
+def child(args: argparse.Namespace) -> int:
+    arm(args.fault, args.at, args.count_file)
+    from learnalign_pipeline import cli
+
+    if not args.assets:
+        return cli.main(["demo", "--preset", args.preset])
+    from learnalign_pipeline.presets import PRESETS
+
+    cli.prepare_environment()
+    return 0 if cli.run_job("learnalign_job", dict(PRESETS[args.preset]), assets=args.assets.split(",")) else 1
+
+
+# ---- the harness -------------------------------------------------------------------------------------------------
+
+
+def _command(args, fault: str = "none", at: int = 0, count_file: Path | None = None) -> list[str]:
+    command = [sys.executable, str(HERE), "child", "--fault", fault, "--at", str(at), "--preset", args.preset]
+    if args.assets:
+        command += ["--assets", args.assets]
+    if count_file:
+        command += ["--count-file", str(count_file)]
+    return command
+
+
+def _environment(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return {**env, "LEARNALIGN_HOME": str(home), "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+
+
+def _run(command: list[str], home: Path, log: Path, kill_after: float | None = None) -> tuple[int, float]:
+    """Run `command` in its own process group; SIGKILL the group after `kill_after` seconds if given."""
+    started = time.perf_counter()
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, env=_environment(home), stdout=out, stderr=out, start_new_session=True)
+        try:
+            code = process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
+    return code, time.perf_counter() - started
+
+
+def _instance(home: Path):
+    import dagster as dg
+
+    return dg.DagsterInstance.from_config(str(home / "dagster_home"))
+
+
+def digests(home: Path) -> dict[str, str]:
+    """Every asset's latest recorded sha256 in `home`'s instance."""
+    with _instance(home) as instance:
+        out = {}
+        for key in instance.all_asset_keys():
+            event = instance.get_latest_materialization_event(key)
+            metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+            if "sha256" in metadata:
+                out[key.to_user_string()] = metadata["sha256"].value
+        return out
+
+
+def stages_hit(home: Path) -> list[str]:
+    """The steps the last run of `home` started and did not finish, or that failed (the stage a fault hit)."""
+    import dagster as dg
+
+    with _instance(home) as instance:
+        runs = instance.get_runs(limit=1)
+        if not runs:
+            return ["before the run"]
+        started, succeeded, failed = [], set(), []
+        for entry in instance.all_logs(runs[0].run_id):
+            event = entry.dagster_event
+            if event is None or not event.step_key:
+                continue
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                started.append(event.step_key)
+            elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                succeeded.add(event.step_key)
+            elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+                failed.append(f"{event.step_key} (failed)")
+        unfinished = [s for s in started if s not in succeeded and f"{s} (failed)" not in failed]
+        return unfinished + failed or ["between steps"]
+
+
+def reference(args, work: Path) -> dict:
+    path = work / "reference.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    home = work / "reference"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    count = work / "reference_writes.txt"
+    code, wall = _run(_command(args, count_file=count), home, work / "reference.log")
+    if code != 0:
+        raise SystemExit(f"the uninterrupted run failed (exit {code}); see {work / 'reference.log'}")
+    result = {"wall_s": wall, "writes": int(count.read_text()), "digests": digests(home), "assets": args.assets}
+    path.write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
+    rng = random.Random(f"{kind}:{seed}")
+    home = work / f"{kind}-{seed}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    log = work / f"{kind}-{seed}.log"
+    at = rng.randint(1, ref["writes"])
+    kill_after = None
+    if kind == "kill" and args.kill_by == "time":
+        at, kill_after = 0, rng.uniform(1.0, ref["wall_s"])
+        command = _command(args)
+    else:
+        command = _command(args, "kill" if kind == "kill" else "enospc", at)
+    code, wall = _run(command, home, log, kill_after)
+    hit = stages_hit(home)
+    fired = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("fault_injection: ")]
+    rerun_code, rerun_wall = _run(_command(args), home, log)
+    got = digests(home)
+    differing = sorted(k for k in set(ref["digests"]) | set(got) if ref["digests"].get(k) != got.get(k))
+    record = {
+        "trial": f"{kind}:{seed}",
+        "fault": f"write {at}" if kill_after is None else f"after {kill_after:.1f} s",
+        "target": fired[-1].rsplit(": ", 1)[-1] if fired else "",
+        "faulted_exit": code,
+        "stages_hit": hit,
+        "rerun_exit": rerun_code,
+        "identical": rerun_code == 0 and not differing,
+        "differing": differing,
+        "wall_s": round(wall + rerun_wall, 1),
+    }
+    if record["identical"] and not args.keep:
+        shutil.rmtree(home, ignore_errors=True)
+    return record
+
+
+def harness(args) -> int:
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ref = reference(args, work)
+    print(f"reference: {ref['wall_s']:.0f} s, {ref['writes']} writes, {len(ref['digests'])} asset digests", flush=True)
+    if args.replay:
+        kind, seed = args.replay.split(":")
+        plan = [(kind, int(seed))]
+    else:
+        plan = [("kill", args.seed + i) for i in range(args.kills)] + [
+            ("enospc", args.seed + i) for i in range(args.enospc)
+        ]
+    records = []
+    for kind, seed in plan:
+        record = trial(args, work, ref, kind, seed)
+        records.append(record)
+        verdict = "identical" if record["identical"] else f"DIFFERENT {record['differing']}"
+        print(
+            f"{record['trial']:>12}  {record['fault']:>14}  hit {', '.join(record['stages_hit'])}  "
+            f"exit {record['faulted_exit']} -> rerun {record['rerun_exit']}  {verdict}  ({record['wall_s']:.0f} s)  "
+            f"{Path(record['target']).relative_to(work) if record['target'].startswith(str(work)) else record['target']}",
+            flush=True,
+        )
+    stages = sorted({s.split("[")[0] for r in records for s in r["stages_hit"]})
+    identical = sum(r["identical"] for r in records)
+    summary = {"trials": len(records), "identical": identical, "stages_hit": stages, "records": records}
+    (work / "report.json").write_text(json.dumps(summary, indent=1))
+    print(f"{len(records)} trials, {identical} identical; stages hit: {', '.join(stages)}")
+    return 0 if identical == len(records) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="harness", choices=["harness", "child"])
+    parser.add_argument("--work", default=".learnalign/faults", help="where the homes, logs and report go")
+    parser.add_argument("--preset", default="smoke")
+    parser.add_argument("--assets", default="", help="comma-separated assets of learnalign_job (default: all)")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--enospc", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="trial i uses seed + i")
+    parser.add_argument("--kill-by", choices=["write", "time"], default="write")
+    parser.add_argument("--replay", default="", help="run one trial again: kind:seed, e.g. kill:17")
+    parser.add_argument("--keep", action="store_true", help="keep the homes of identical trials too")
+    parser.add_argument("--fault", default="none", choices=["none", "kill", "enospc"], help=argparse.SUPPRESS)
+    parser.add_argument("--at", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count-file", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return child(args) if args.mode == "child" else harness(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
