@@ -4,9 +4,10 @@ and the `grpo_loss` resource are generated from these classes (`lib/config.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from ..compute import visible_gpus
 from ..data.arithmetic import DEFAULT_SHORTCUT_RATES
 from ..policy.generation import SamplingSpec
 from ..settings import require, setting
@@ -127,7 +128,11 @@ class TrainerConfig:
         rollouts, vllm_memory_utilization
     """
 
-    processes: int = setting(1, "training processes: one per GPU (on CPU, gloo processes; used by the tests)")
+    processes: int = setting(
+        0,
+        "training processes, one per GPU: 0 = auto (every visible GPU; 1 on CPU); more than the visible GPUs is "
+        "refused before a run (on CPU, any number of gloo processes: used by the tests)",
+    )
     micro_batch_rows: int = setting(
         0,
         "rollout rows per forward/backward pass in each process (the memory bound); the step's problems_per_step x "
@@ -152,18 +157,27 @@ class TrainerConfig:
     vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
 
     def __post_init__(self) -> None:
-        require(self.processes >= 1, "processes", "must be >= 1")
+        require(self.processes >= 0, "processes", "must be >= 0 (0 = one per visible GPU)")
         require(self.micro_batch_rows >= 0, "micro_batch_rows", "must be >= 0 (0 = one micro-batch per process)")
         require(0 < self.vllm_memory_utilization < 1, "vllm_memory_utilization", "must be in (0, 1)")
 
+    def process_count(self) -> int:
+        """The training processes a launch starts: `processes`, or with 0 one per visible GPU (1 on CPU)."""
+        return self.processes or max(1, visible_gpus())
+
+    def resolved(self) -> TrainerConfig:
+        """These settings with the process count fixed, for the launched processes (which may see other GPUs)."""
+        return replace(self, processes=self.process_count())
+
     def micro_batches(self, rows_per_step: int) -> tuple[int, int]:
         """(rows per micro-batch, micro-batches accumulated per step) for a step of `rows_per_step` rows."""
-        per_process, remainder = divmod(rows_per_step, self.processes)
+        processes = self.process_count()
+        per_process, remainder = divmod(rows_per_step, processes)
         require(
             remainder == 0,
             "processes",
             f"a step's {rows_per_step} rollout rows (problems_per_step x num_samples) do not split evenly over "
-            f"{self.processes} processes: change problems_per_step or processes",
+            f"{processes} processes: change problems_per_step or processes",
         )
         rows = self.micro_batch_rows or per_process
         require(
