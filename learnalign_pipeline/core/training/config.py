@@ -126,6 +126,8 @@ class TrainerConfig:
         processes, micro_batch_rows, gradient_checkpointing, distributed
     > Rollouts during training
         rollouts, vllm_memory_utilization
+    > KL reference
+        reference_dtype
     """
 
     processes: int = setting(
@@ -155,6 +157,11 @@ class TrainerConfig:
         "process (TRL's vllm_mode='colocate', GPUs only)",
     )
     vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
+    reference_dtype: Literal["float32", "bfloat16"] = setting(
+        "float32",
+        "weights of the frozen KL reference model: bfloat16 halves its memory (3 GB at 1.5B, 15 GB at 7B) and its "
+        "log-probs then run wholly in bfloat16; float32 keeps CPU runs bitwise reproducible",
+    )
 
     def __post_init__(self) -> None:
         require(self.processes >= 0, "processes", "must be >= 0 (0 = one per visible GPU)")

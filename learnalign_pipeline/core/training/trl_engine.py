@@ -113,6 +113,8 @@ def trl_args(
         "bf16": autocast == torch.bfloat16,
         "fp16": autocast == torch.float16,
         "gradient_checkpointing": trainer.gradient_checkpointing,
+        # TRL builds the reference from these when the policy is passed as a model (its default: the policy's dtype)
+        **({"model_init_kwargs": {"dtype": trainer.reference_dtype}} if trainer.reference_dtype != "float32" else {}),
         "use_vllm": trainer.rollouts == "vllm",
         "vllm_mode": "colocate",
         "vllm_gpu_memory_utilization": trainer.vllm_memory_utilization,
