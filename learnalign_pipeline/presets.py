@@ -159,6 +159,7 @@ GSM8K_GPU: dict = {
                 "rollouts": "vllm",
                 "vllm_memory_utilization": 0.3,
                 "reference_dtype": "bfloat16",
+                "handoff_dtype": "float32",  # stages hand over the fp32 master weights; vLLM loads them as bf16
             }
         },
         "generator": {

@@ -126,8 +126,8 @@ class TrainerConfig:
         processes, micro_batch_rows, gradient_checkpointing, distributed
     > Rollouts during training
         rollouts, vllm_memory_utilization
-    > KL reference
-        reference_dtype
+    > Hand-off and KL reference
+        handoff_dtype, reference_dtype
     """
 
     processes: int = setting(
@@ -157,6 +157,12 @@ class TrainerConfig:
         "process (TRL's vllm_mode='colocate', GPUs only)",
     )
     vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
+    handoff_dtype: Literal["start", "float32"] = setting(
+        "start",
+        "dtype a trained policy is published in: start = its start checkpoint's (a bfloat16 model's next stage then "
+        "restarts from rounded weights: at lr 1e-6 most of a step's update is below bfloat16's resolution); float32 "
+        "= the master weights, so the next stage continues exactly (vLLM casts them to generator.dtype on load)",
+    )
     reference_dtype: Literal["float32", "bfloat16"] = setting(
         "float32",
         "weights of the frozen KL reference model: bfloat16 halves its memory (3 GB at 1.5B, 15 GB at 7B) and its "
