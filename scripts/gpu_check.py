@@ -162,6 +162,7 @@ LOSS = GRPOLossConfig(
     aggregation="sample_mean",
     max_completion_tokens=512,
 )
+PROJECTOR = KroneckerProjector(16, 16, seed=0)  # the stage's default projection
 # The lowest per-problem cosine between batched and loop features that is still a correct result: float32 agrees
 # to rounding; 16-bit autocast runs both paths with bf16 matmuls (0.99996 measured on CPU, docs/results.md).
 MIN_COSINE = {None: 0.9999, torch.bfloat16: 0.999, torch.float16: 0.999}
@@ -365,30 +366,36 @@ def stage_batch(name, shapes, problems, seed):
     return batch_of(list(range(problems))), batch_of, tokens, (prompts, completions, advantages)
 
 
+def stage_features(model, whole, batch_of, compute, shapes, checkpointing: bool):
+    """(run, estimator, budget): the stage's feature loop on `whole` as the stage runs it (`planned_features` with
+    the stage's estimator, its default budget and planner), every scored layer, Kronecker 16 x 16."""
+    layers, autocast = linear_layers(model), compute.autocast_dtype()
+    memory = feature_memory(model, layers, PROJECTOR, autocast, checkpointing)
+    budget = memory_budget(model, shapes["budget_gib"])
+    run = functools.partial(
+        planned_features,
+        model,
+        model,
+        whole,
+        batch_of,
+        LOSS,
+        layers,
+        PROJECTOR,
+        memory,
+        budget,
+        checkpointing=checkpointing,
+        autocast_dtype=autocast,
+    )
+    return run, memory, budget
+
+
 def check_features(label, name, model, device, compute, shapes, arms, peak_flops):
     """The stage's inner loop (`planned_features`) with its budget and planner on ragged GSM8K-like batches."""
-    layers, projector = linear_layers(model), KroneckerProjector(16, 16, seed=0)
-    autocast = compute.autocast_dtype()
     shape = ModelShape.of(model.config)
     for checkpointing, problems in arms:
-        memory = feature_memory(model, layers, projector, autocast, checkpointing)
         whole, batch_of, (prompt_tokens, completion_tokens), _ = stage_batch(name, shapes, problems, seed=problems)
-        budget = memory_budget(model, shapes["budget_gib"])
+        run, memory, budget = stage_features(model, whole, batch_of, compute, shapes, checkpointing)
         arm = f"P={problems} K={shapes['samples']} ckpt={'on' if checkpointing else 'off'}"
-        run = functools.partial(
-            planned_features,
-            model,
-            model,
-            whole,
-            batch_of,
-            LOSS,
-            layers,
-            projector,
-            memory,
-            budget,
-            checkpointing=checkpointing,
-            autocast_dtype=autocast,
-        )
         try:
             run()  # warm-up
             peak = PeakMemory(device)
@@ -427,28 +434,13 @@ def check_batched_vs_loop(name, model, device, compute, shapes, peak_flops):
     problems = shapes["loop_problems"]
     whole, batch_of, (prompt_tokens, completion_tokens), _ = stage_batch(name, shapes, problems, seed=7)
     singles = [batch_of([p]) for p in range(problems)]
-    layers, projector = linear_layers(model), KroneckerProjector(16, 16, seed=0)
+    layers, projector = linear_layers(model), PROJECTOR
     autocast = compute.autocast_dtype()
-    memory = feature_memory(model, layers, projector, autocast, True)
-    budget = memory_budget(model, shapes["budget_gib"])
     shape = ModelShape.of(model.config)
+    run = stage_features(model, whole, batch_of, compute, shapes, checkpointing=True)[0]
 
     def batched():
-        return torch.cat(
-            planned_features(
-                model,
-                model,
-                whole,
-                batch_of,
-                LOSS,
-                layers,
-                projector,
-                memory,
-                budget,
-                checkpointing=True,
-                autocast_dtype=autocast,
-            )
-        )
+        return torch.cat(run())
 
     def loop():
         rows = []

@@ -428,7 +428,7 @@ def grpo_stage(
         nonfinite_steps_skipped=sum(r["nonfinite_problems"] > 0 for r in history),
         resumed_from=trained.resumed_from or "",
         train_seconds=trained.train_seconds,
-        training_processes=trainer.process_count(),
+        training_processes=trainer.config().process_count(),
     )
 
 
