@@ -4,11 +4,13 @@ with those packages made unimportable, and prints every column. Its correctness 
 path."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from testing_utils import requires_gpu
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
 BLOCK = (
@@ -71,3 +73,18 @@ def test_a_check_running_at_the_time_limit_is_stopped_and_reported(tmp_path):
     done, rows, _ = run_check(tmp_path, "--time-limit", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert rows[-1]["check"] == "stopped"
+
+
+@requires_gpu
+def test_on_a_gpu_the_feature_checks_run_and_agree_with_the_loop(tmp_path):
+    """The GPU tier: the 1.5B feature stage and the batched-vs-loop cosine on the real device, within 5 minutes."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--only", "features", "--time-limit", "300"],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**os.environ, "OUT": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert next(r for r in rows if r["quantity"].startswith("cosine"))["value"].endswith(" ok")
