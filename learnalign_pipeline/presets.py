@@ -113,8 +113,9 @@ GSM8K_DIR = "../shared/datasets/gsm8k"  # relative to the project root; point `p
 # ends, and on a node with several GPUs the shard steps run side by side, shard i on GPU i
 # (LEARNALIGN_NUM_SHARDS = number of GPUs; docs/usage.md). Instruct models get their chat template; lm-eval's
 # gsm8k stop string ("Question:") ends a completion that runs on.
-# Training runs through TRL in one process per GPU (`trainer.processes`: set it to the node's GPU count; a step's
-# problems_per_step x 8 rows must split over them into micro-batches of 12), vLLM colocated for the rollouts,
+# Training runs through TRL in one process per visible GPU (`trainer.processes` 0 = auto; more than the GPUs is
+# refused before the run; a step's problems_per_step x 8 rows must split over them into micro-batches of 12; one
+# GPU and 1, 2, 4 or 8 GPUs all split 384 and 480 rows), vLLM colocated for the rollouts,
 # gradient checkpointing, bf16 autocast over fp32 master weights (the `compute` default on CUDA). For 7B-8B
 # models set trainer.distributed to "fsdp".
 GSM8K_GPU: dict = {
@@ -134,7 +135,11 @@ GSM8K_GPU: dict = {
                 "learning_rate": 1e-6,
             }
         },
-        "rollouts_and_success_rates": {"config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm"}},
+        # 1024 problems (8192 sequences) per generate call: vLLM keeps its batch full instead of waiting for the
+        # 512-token stragglers of 64 problems 117 times
+        "rollouts_and_success_rates": {
+            "config": {"num_samples": 8, "temperature": 1.0, "backend": "vllm", "problems_per_file": 1024}
+        },
         "projected_gradients": {"config": {"activation_checkpointing": True}},
         "selected_subset": {"config": {"budget": 1000}},
         "trained_policy": {
@@ -149,11 +154,12 @@ GSM8K_GPU: dict = {
         "grpo_loss": {"config": {"beta": 0.04, "clip_epsilon": 0.2}},
         "trainer": {
             "config": {
-                "processes": 8,
                 "micro_batch_rows": 12,
                 "gradient_checkpointing": True,
                 "rollouts": "vllm",
                 "vllm_memory_utilization": 0.3,
+                "reference_dtype": "bfloat16",
+                "handoff_dtype": "float32",  # stages hand over the fp32 master weights; vLLM loads them as bf16
             }
         },
         "generator": {
@@ -163,6 +169,7 @@ GSM8K_GPU: dict = {
                 "gpu_memory_utilization": 0.85,
                 "enforce_eager": False,  # CUDA graphs: much faster decoding on GPUs
                 "tensor_parallel_size": 1,
+                "max_num_seqs": 512,  # sequences decoded at once; the KV cache at 0.85 of an 80 GB card holds more
             }
         },
     },

@@ -16,8 +16,11 @@
    pre-allocated as [rows, max_new_tokens, vocab] (before) vs drawn per step (`SeededGumbelSampler`).
 3. The estimator's figures for Qwen2.5-1.5B and -7B shapes (bfloat16 autocast; K = 8, prompt 120 tokens,
    completions 300), arithmetic only.
+4. The estimator against the whole measured peak (not the slope): `batch_bytes + fixed_bytes` beside the peak
+   RSS increment of one `gradient_features` call, float32 and bfloat16 autocast, with and without checkpointing
+   (issue 24: under autocast the residual stream stays float32 and each pass saves its own bfloat16 weight copy).
 
-    PYTHONPATH=. python scripts/bench_feature_memory.py
+    PYTHONPATH=. python scripts/bench_feature_memory.py [--parts 4]
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ def capture_then_project(model, reference, batch, loss, layers, projector):
     return torch.cat(blocks, dim=1)
 
 
-def measure_features(arm: str, shape: str, completion_len: int) -> dict:
-    """One arm at one length, in this (fresh) process."""
+def measure_features(arm: str, shape: str, completion_len: int, precision: str = "float32") -> dict:
+    """One arm at one length, in this (fresh) process; `precision` float32 or bfloat16 (autocast)."""
     import copy
 
     import polars as pl
@@ -136,7 +139,8 @@ def measure_features(arm: str, shape: str, completion_len: int) -> dict:
     tokens = PROBLEMS * prompt_len + PROBLEMS * SAMPLES * completion_len  # shared-prompt layout: prompts once
     layers, projector = linear_layers(model), KroneckerProjector(16, 16, seed=0)
     checkpointing = arm.endswith("checkpointing")
-    estimate = feature_memory(model, layers, projector, None, checkpointing)
+    autocast = torch.bfloat16 if precision == "bfloat16" else None
+    estimate = feature_memory(model, layers, projector, autocast, checkpointing)
     predicted = estimate.batch_bytes(PROBLEMS, SAMPLES, prompt_len, completion_len, PROBLEMS * SAMPLES)
     if arm == "before":
 
@@ -156,6 +160,7 @@ def measure_features(arm: str, shape: str, completion_len: int) -> dict:
                 "qa",
                 checkpointing=checkpointing,
                 memory_budget_bytes=1 << 40,
+                autocast_dtype=autocast,
             ).features
 
     with open("/proc/self/clear_refs", "w") as f:
@@ -171,6 +176,7 @@ def measure_features(arm: str, shape: str, completion_len: int) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "peak_bytes": (rss_kib("VmHWM") - base) * 1024,
         "estimate_bytes": predicted,
+        "fixed_bytes": estimate.fixed_bytes(),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -212,13 +218,13 @@ def child(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--parts", default="1,2,3")
+    parser.add_argument("--parts", default="1,2,3,4")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.child:
         kind, *rest = args.child
         result = (
-            measure_features(rest[0], rest[1], int(rest[2]))
+            measure_features(rest[0], rest[1], int(rest[2]), *rest[3:])
             if kind == "features"
             else measure_sampler(rest[0], int(rest[1]))
         )
@@ -280,6 +286,23 @@ def main() -> None:
                     )
                 )
                 print("  ".join(rows[-1]), flush=True)
+    if "4" in parts:
+        for shape in SHAPES:
+            for precision in ("float32", "bfloat16"):
+                for arm in ARMS[1:]:
+                    m = child(["features", arm, shape, str(LENGTHS[1]), precision])
+                    estimate = m["estimate_bytes"] + m["fixed_bytes"]
+                    error = estimate / m["peak_bytes"] - 1
+                    rows.append(
+                        (
+                            f"4 whole peak [{shape}, {precision}]",
+                            f"{arm}: measured / estimate (of it fixed)",
+                            f"{m['peak_bytes'] / 2**20:.1f} / {estimate / 2**20:.1f} MiB "
+                            f"({m['fixed_bytes'] / 2**20:.1f}): {error:+.0%} {'ok' if abs(error) <= 0.2 else 'OFF'} "
+                            "(goal within 20%)",
+                        )
+                    )
+                    print("  ".join(rows[-1]), flush=True)
     print("\n| benchmark | quantity | value |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

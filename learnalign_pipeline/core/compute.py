@@ -87,6 +87,14 @@ class ComputeConfig:
         start = device.index or 0
         return ",".join(ids[(start + i) % len(ids)] for i in range(gpus))
 
+    def launched(self, gpus: int) -> tuple[ComputeConfig, dict[str, str]]:
+        """(the setting, the environment) of a child process that computes on `gpus` GPUs starting at this
+        setting's device: an explicit `cuda:<i>` becomes that process's CUDA_VISIBLE_DEVICES (its `cuda:0`), since
+        the trainer and accelerate place ranks on `cuda:<local rank>` whatever the setting says."""
+        if self.device in ("auto", "cpu", "cuda"):
+            return self, {}
+        return replace(self, device="cuda"), {"CUDA_VISIBLE_DEVICES": self.visible_devices(gpus) or ""}
+
 
 def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
     """The GPU indices of shard `shard` when each shard uses `gpus_per_shard` of `gpu_count` GPUs: consecutive
@@ -96,6 +104,86 @@ def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
     blocks = max(1, gpu_count // gpus_per_shard)
     first = (shard % blocks) * gpus_per_shard
     return [(first + i) % gpu_count for i in range(gpus_per_shard)]
+
+
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass(frozen=True)
+class DeviceProblem:
+    """A setting this machine's devices cannot run: `owner` is the settings object (the resource key), `field`
+    its field (or the environment variable)."""
+
+    owner: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+def device_problems(
+    compute: ComputeConfig,
+    *,
+    processes: int,
+    vllm_training: bool,
+    tensor_parallel_size: int,
+    shards: int,
+    gpus: int | None = None,
+) -> list[DeviceProblem]:
+    """What of the device settings cannot run on a machine with `gpus` visible GPUs (default: this one), found
+    before a run starts instead of at the step that would crash (several training ranks on one GPU, a vLLM engine
+    over more GPUs than there are). `processes` is the training process count as set (0 = one per GPU)."""
+    gpus = visible_gpus() if gpus is None else gpus
+    problems = []
+    wanted = None if compute.device in ("auto", "cpu") else torch.device(compute.device)
+    if wanted is not None and gpus == 0:
+        problems.append(DeviceProblem("compute", "device", f"{compute.device!r} but this machine has no CUDA device"))
+    elif wanted is not None and (wanted.index or 0) >= gpus:
+        problems.append(
+            DeviceProblem("compute", "device", f"{compute.device!r} but only {gpus} GPU(s) are visible (0..{gpus - 1})")
+        )
+    on_gpu = gpus > 0 and compute.device != "cpu"
+    if on_gpu and processes > gpus:
+        problems.append(
+            DeviceProblem(
+                "trainer",
+                "processes",
+                f"{processes} training processes but {gpus} visible GPU(s): each process needs a GPU of its own "
+                f"(accelerate would put several ranks on one GPU); set processes to at most {gpus}, or 0 for one per "
+                "GPU",
+            )
+        )
+    if vllm_training and not on_gpu:
+        problems.append(
+            DeviceProblem(
+                "trainer",
+                "rollouts",
+                "'vllm' generates with vLLM colocated in the training process, which needs a GPU and this run "
+                "computes on the CPU: use rollouts 'seeded'",
+            )
+        )
+    if gpus and tensor_parallel_size > gpus:
+        problems.append(
+            DeviceProblem(
+                "generator",
+                "tensor_parallel_size",
+                f"{tensor_parallel_size} but {gpus} visible GPU(s): set it to at most {gpus}",
+            )
+        )
+    elif gpus and shards * tensor_parallel_size > gpus:
+        problems.append(
+            DeviceProblem(
+                "environment",
+                "LEARNALIGN_NUM_SHARDS",
+                f"{shards} shard steps x tensor_parallel_size {tensor_parallel_size} need {shards * tensor_parallel_size}"
+                f" GPUs, {gpus} are visible: every shard would start its own engine and model on a shared GPU; set "
+                f"LEARNALIGN_NUM_SHARDS={max(1, gpus // tensor_parallel_size)} (one shard per GPU group)",
+            )
+        )
+    return problems
 
 
 CPU = ComputeConfig(device="cpu")

@@ -80,6 +80,28 @@ def settings(view: pydantic.BaseModel, cls: type, **extra: Any) -> Any:
     return cls(**values, **extra)
 
 
+def _device_refusals(resources: dict) -> list[str]:
+    """The device settings this machine cannot run (core/compute.py `device_problems`), placed like the others."""
+    from ..core.compute import ComputeConfig, device_problems
+    from ..core.policy.vllm_backend import VLLMConfig
+    from ..core.training.config import TrainerConfig
+    from .sharded import NUM_SHARDS
+
+    def built(key: str, cls: type):
+        view = resources.get(key)
+        return settings(view, cls) if isinstance(view, pydantic.BaseModel) else cls()
+
+    trainer = built("trainer", TrainerConfig)
+    refused = device_problems(
+        built("compute", ComputeConfig),
+        processes=trainer.processes,
+        vllm_training=trainer.rollouts == "vllm",
+        tensor_parallel_size=built("generator", VLLMConfig).tensor_parallel_size,
+        shards=NUM_SHARDS,
+    )
+    return [f"environment: {p}" if p.owner == "environment" else f"resources.{p.owner}.config: {p}" for p in refused]
+
+
 class SettingsError(ValueError):
     """Run config values the settings objects refuse; the message lists each with its place and reason."""
 
@@ -124,13 +146,16 @@ def run_config_refusals(job: dg.JobDefinition, run_config: dict) -> list[str]:
                     cls(**values)
         except Exception as error:  # noqa: BLE001 - every refusal is reported, with its reason
             problems += [f"ops.{name}.config: {reason}" for reason in _reasons(error)]
+    built = {}
     for key, entry in (run_config.get("resources") or {}).items():
         definition = job.resource_defs.get(key)
         cls = getattr(definition, "configurable_resource_cls", None)
         if cls is None:
             continue
         try:
-            cls(**((entry or {}).get("config") or {}))
+            built[key] = cls(**((entry or {}).get("config") or {}))
         except Exception as error:  # noqa: BLE001
             problems += [f"resources.{key}.config: {reason}" for reason in _reasons(error)]
+    if not problems:  # the device checks need settings that were built
+        problems += _device_refusals({**job.resource_defs, **built})
     return problems

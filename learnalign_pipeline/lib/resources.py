@@ -82,6 +82,14 @@ class ComputeSettings(config_view(ComputeConfig, base=dg.ConfigurableResource)):
     def config(self) -> ComputeConfig:
         return settings(self, ComputeConfig)
 
+    def load_policy(self, path: str | Path):
+        """(model, tokenizer) of a checkpoint on the compute device, float32 master weights."""
+        return load_policy(path, device=self.config().torch_device())
+
+    def generation_backend(self, model, tokenizer) -> TransformersBackend:
+        """In-process generation from `model` under the compute setting's autocast."""
+        return TransformersBackend(model, tokenizer, autocast_dtype=self.config().autocast_dtype())
+
 
 class TrainerSettings(config_view(TrainerConfig, base=dg.ConfigurableResource)):
     """How GRPO stages train: TRL in `processes` processes (one per GPU), micro-batches, rollouts (seeded or vLLM)."""

@@ -24,13 +24,16 @@ from typing import Any
 
 import dagster as dg
 
+from ..core.compute import visible_gpus
 from .io_managers import STEP_IO_MANAGER
 from .tags import GPU_OP_TAGS, GPU_POOL
 
 # Shard steps per sharded stage; a row's shard is its content hash modulo this. The graph is static, so the count
 # is read when the code location loads: set LEARNALIGN_NUM_SHARDS to the number of GPUs (or of GPU groups of
 # `generator.tensor_parallel_size`) the shard steps should spread over. Results never depend on it.
-NUM_SHARDS = int(os.environ.get("LEARNALIGN_NUM_SHARDS", "4"))
+# Unset, it is one shard per visible GPU (four on a CPU machine, where shards only split the work); the run
+# preflight refuses more shards than GPU groups (core/compute.py `device_problems`).
+NUM_SHARDS = int(os.environ.get("LEARNALIGN_NUM_SHARDS") or visible_gpus() or 4)
 
 
 @dataclass(frozen=True)

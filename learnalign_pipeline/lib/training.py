@@ -24,7 +24,7 @@ import torch
 
 import learnalign_pipeline
 
-from ..core.compute import DTYPES, ComputeConfig
+from ..core.compute import DTYPES, ComputeConfig, device_problems
 from ..core.data.arithmetic import pretraining_corpus
 from ..core.evaluation.charts import CURVES, training_curves
 from ..core.policy.model import TinyPolicyConfig, load_policy, save_policy
@@ -196,11 +196,12 @@ def launch_command(trainer: TrainerConfig, compute: ComputeConfig, launch_file: 
     script's `--accelerate` entry, so it dies with the step) for several processes (data-parallel), FSDP or
     DeepSpeed ZeRO-3 (with the config file shipped in core/training/accelerate)."""
     script = ["-m", TRAINING_MODULE, str(launch_file)]
-    if trainer.processes == 1 and trainer.distributed == "ddp":
+    processes = trainer.process_count()
+    if processes == 1 and trainer.distributed == "ddp":
         return [sys.executable, *script]
     autocast = compute.autocast_dtype()
     command = [sys.executable, "-m", TRAINING_MODULE, "--accelerate", "--num_machines", "1"]
-    command += ["--num_processes", str(trainer.processes), "--main_process_port", str(_free_port())]
+    command += ["--num_processes", str(processes), "--main_process_port", str(_free_port())]
     command += ["--mixed_precision", {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "no")]
     command += ["--dynamo_backend", "no"]
     if trainer.distributed == "ddp":  # the torch-elastic launcher; on CPU its processes use gloo (--cpu: just one)
@@ -228,6 +229,13 @@ def train_policies(
             request.grpo.require_full_step(request.problems.height)
         except ValueError as error:
             raise ValueError(f"{context.op.name}: {error}") from None
+    refused = device_problems(
+        compute, processes=trainer.processes, vllm_training=trainer.rollouts == "vllm", tensor_parallel_size=1, shards=1
+    )
+    if refused:
+        raise ValueError("training cannot run on this machine's devices: " + "; ".join(map(str, refused)))
+    trainer = trainer.resolved()
+    compute, device_env = compute.launched(trainer.processes)
     attempt = uuid.uuid4().hex
     launch_dir = Path(store.root) / ".launches" / attempt
     launch_dir.mkdir(parents=True)
@@ -260,6 +268,7 @@ def train_policies(
         "LEARNALIGN_TRAIN_LOG_DIR": str(launch_dir / "logs"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")])),
         "TOKENIZERS_PARALLELISM": "false",
+        **device_env,
     }
     total = sum(r.grpo.steps for r in requests)
     messages = _run_with_pipes(context, command, env, total, launch_dir)
@@ -438,7 +447,7 @@ def grpo_stage(
         nonfinite_steps_skipped=sum(r["nonfinite_problems"] > 0 for r in history),
         resumed_from=trained.resumed_from or "",
         train_seconds=trained.train_seconds,
-        training_processes=trainer.processes,
+        training_processes=trainer.config().process_count(),
     )
 
 

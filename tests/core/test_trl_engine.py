@@ -252,17 +252,47 @@ def test_the_gsm8k_preset_trains_with_the_papers_settings_through_trl():
         assert args["use_vllm"] and args["vllm_mode"] == "colocate" and args["per_device_train_batch_size"] == 12
 
 
-def test_the_trained_policy_keeps_the_start_checkpoints_dtype_and_settings(model, tokenizer, problems, tmp_path):
-    """Trained with float32 master weights, published in the start's bfloat16, with its KV-cache setting (training
-    turns the cache off) and the training log."""
+@pytest.mark.parametrize(("handoff", "saved"), [("start", ("bfloat16", "BF16")), ("float32", ("float32", "F32"))])
+def test_the_trained_policy_keeps_the_start_checkpoints_dtype_and_settings(
+    model, tokenizer, problems, tmp_path, handoff, saved
+):
+    """Trained with float32 master weights, published in the start's bfloat16 (or, with handoff_dtype float32 as
+    the GPU preset sets, in the master weights' float32, so the next stage does not restart from rounded weights),
+    with its KV-cache setting (training turns the cache off) and the training log."""
     from safetensors import safe_open
 
     save_policy(model, tokenizer, tmp_path / "start", dtype=torch.bfloat16)
     run = _run(tmp_path, tmp_path / "start", problems, steps=1)
-    train_run(run, TrainerConfig(), CPU, report=lambda r: None)
+    train_run(run, TrainerConfig(handoff_dtype=handoff), CPU, report=lambda r: None)
     out = Path(run.output)
     config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and config["use_cache"] is True
+    assert config["dtype"] == saved[0] and config["use_cache"] is True
     with safe_open(out / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {saved[1]}
     assert pl.read_parquet(out / "training_log.parquet")["step"].to_list() == [0]
+
+
+def test_a_bfloat16_reference_is_built_by_trl_in_bfloat16(model, tokenizer, tmp_path):
+    """reference_dtype='bfloat16' (the GPU preset): TRL loads the frozen KL reference in bfloat16 while the policy
+    keeps its float32 master weights; the default leaves the reference in the policy's float32."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import GRPOTrainer
+
+    save_policy(model, tokenizer, tmp_path / "start")
+    grpo = GRPOConfig(problems_per_step=2, num_samples=2, beta=0.04, checkpoint_every=0, steps=1)
+    dtypes = {}
+    for reference_dtype in ("float32", "bfloat16"):
+        policy = AutoModelForCausalLM.from_pretrained(tmp_path / "start", dtype=torch.float32)
+        trainer = TrainerConfig(reference_dtype=reference_dtype)
+        args = trl_args(grpo, TaskConfig(max_new_tokens=4), trainer, CPU, str(tmp_path / reference_dtype))
+        built = GRPOTrainer(
+            model=policy,
+            reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+            args=TRLGRPOConfig(**args),
+            train_dataset=datasets.Dataset.from_dict({"prompt": ["1+1=", "2+2="]}),
+            processing_class=tokenizer,
+        )
+        dtypes[reference_dtype] = (built.model.dtype, built.ref_model.dtype)
+    assert dtypes == {"float32": (torch.float32,) * 2, "bfloat16": (torch.float32, torch.bfloat16)}

@@ -7,10 +7,15 @@ import copy
 
 import dagster as dg
 import pytest
+import torch
 
 from learnalign_pipeline import cli
+from learnalign_pipeline.core.compute import ComputeConfig
+from learnalign_pipeline.core.training.config import TrainerConfig
 from learnalign_pipeline.defs.policy.assets import TrainingConfig
-from learnalign_pipeline.presets import SMOKE
+from learnalign_pipeline.lib import sharded
+from learnalign_pipeline.lib.config import SettingsError, check_run_config
+from learnalign_pipeline.presets import GSM8K_GPU, SMOKE
 
 
 def test_cli_refuses_bad_settings_before_any_run_exists(tmp_path, monkeypatch, capsys):
@@ -99,3 +104,61 @@ def test_a_training_set_smaller_than_one_step_is_refused_before_the_run(tmp_path
     )
     with dg.DagsterInstance.get() as instance:
         assert instance.get_runs() == []
+
+
+def _gpus(monkeypatch, count: int) -> None:
+    """Simulate a machine with `count` visible GPUs (what the device preflight reads)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def _refusals(config: dict) -> str:
+    from learnalign_pipeline.definitions import job_named
+
+    try:
+        check_run_config(job_named("learnalign_job"), config)
+    except SettingsError as error:
+        return str(error)
+    return ""
+
+
+def test_more_training_processes_than_gpus_is_refused_before_the_run(monkeypatch):
+    """`processes: 8` on a one-GPU machine would put eight ranks on cuda:0 and die at warm-up, after the data
+    steps; the preflight names the field instead, and the preset's default (0 = one per GPU) passes."""
+    _gpus(monkeypatch, 1)
+    monkeypatch.setattr(sharded, "NUM_SHARDS", 1)  # the default on one GPU (read when the code location loads)
+    config = copy.deepcopy(GSM8K_GPU)
+    config["resources"]["trainer"]["config"]["processes"] = 8
+    assert "resources.trainer.config: processes: 8 training processes but 1 visible GPU(s)" in _refusals(config)
+    assert _refusals(copy.deepcopy(GSM8K_GPU)) == ""
+    assert TrainerConfig().process_count() == 1
+    _gpus(monkeypatch, 8)
+    assert _refusals(config) == "" and TrainerConfig().process_count() == 8
+
+
+def test_engines_and_shards_beyond_the_gpus_are_refused_before_the_run(monkeypatch):
+    _gpus(monkeypatch, 2)
+    config = copy.deepcopy(GSM8K_GPU)
+    config["resources"]["generator"]["config"]["tensor_parallel_size"] = 4
+    config["resources"]["compute"] = {"config": {"device": "cuda:2"}}
+    refused = _refusals(config)
+    assert "resources.generator.config: tensor_parallel_size: 4 but 2 visible GPU(s)" in refused
+    assert "resources.compute.config: device: 'cuda:2' but only 2 GPU(s) are visible" in refused
+    monkeypatch.setattr(sharded, "NUM_SHARDS", 4)
+    assert "environment: LEARNALIGN_NUM_SHARDS: 4 shard steps" in _refusals(copy.deepcopy(GSM8K_GPU))
+
+
+def test_vllm_rollouts_in_training_are_refused_on_the_cpu():
+    """TRL's colocated vLLM needs a GPU: on this machine the GPU preset's trainer is refused, naming the field."""
+    assert not torch.cuda.is_available()
+    config = copy.deepcopy(SMOKE)
+    config["resources"]["trainer"] = {"config": {"rollouts": "vllm"}}
+    assert "resources.trainer.config: rollouts: 'vllm' generates with vLLM colocated" in _refusals(config)
+
+
+def test_an_explicit_gpu_is_the_training_processes_only_gpu(monkeypatch):
+    """`compute.device: cuda:1` trains on GPU 1: the launched process sees only it (as its cuda:0)."""
+    _gpus(monkeypatch, 2)
+    launched, env = ComputeConfig(device="cuda:1").launched(1)
+    assert (launched.device, env) == ("cuda", {"CUDA_VISIBLE_DEVICES": "1"})
+    assert ComputeConfig().launched(2) == (ComputeConfig(), {})

@@ -92,11 +92,13 @@ def score_chunk(
     task: TaskConfig,
     spec: CurriculumConfig,
     round_index: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> pl.DataFrame:
     """Every chunk problem with its success rate and score at the current policy, plus a `selected` flag for the
     top `spec.keep` (ties by problem id). Candidates and validation problems share the pool's feature settings and
-    the scorer `spec.scorer` (`gradalign_scoring`); the released scorer has no KL term, so `ref_model` is unused."""
-    backend, template = TransformersBackend(model, tokenizer), task.prompt_format()
+    the scorer `spec.scorer` (`gradalign_scoring`); the released scorer has no KL term, so `ref_model` is unused.
+    Generation and features run on the model's device under `autocast_dtype`."""
+    backend, template = TransformersBackend(model, tokenizer, autocast_dtype=autocast_dtype), task.prompt_format()
     base = spec.seed * 1_000_003 + round_index * 7919
 
     loss = gradalign_scoring(spec.scorer, loss, 1, task.max_new_tokens)[1]
@@ -109,7 +111,16 @@ def score_chunk(
     val_rollouts = sample(validation, spec.validation_samples, 1)
     chunk_rates, val_rates = success_rates(chunk_rollouts), success_rates(val_rollouts)
     val_features = features_for_rates(
-        model, ref_model, tokenizer, validation, val_rollouts, val_rates, loss, features, template
+        model,
+        ref_model,
+        tokenizer,
+        validation,
+        val_rollouts,
+        val_rates,
+        loss,
+        features,
+        template,
+        autocast_dtype=autocast_dtype,
     )
     candidate_features = features_for_rates(
         model,
@@ -122,6 +133,7 @@ def score_chunk(
         features,
         template,
         empty_width=val_features.shape[1],
+        autocast_dtype=autocast_dtype,
     )
     if (
         val_features.shape[1] != candidate_features.shape[1]

@@ -9,6 +9,7 @@ backward pass (`features_for_rates`), since their gradient is at most the small 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,13 +19,20 @@ from torch import nn
 
 from ..policy.rollouts import learnable_problems
 from ..task.prompts import PromptFormat
-from ..training.grpo import GRPOLossConfig, per_problem_loss, to_rollout_batch, token_logprobs
+from ..training.grpo import GRPOLossConfig, RolloutBatch, per_problem_loss, to_rollout_batch, token_logprobs
 from .capture import Scope, capture_features, linear_layers
 from .config import FeatureConfig
-from .memory import feature_memory, plan_sub_batches
+from .memory import FeatureMemory, feature_memory, plan_sub_batches
 from .projection import ExactGradients, Projector
 
-__all__ = ["ExactGradients", "FeatureBatchResult", "gradient_features", "features_for_rates", "loop_gradients"]
+__all__ = [
+    "ExactGradients",
+    "FeatureBatchResult",
+    "gradient_features",
+    "features_for_rates",
+    "loop_gradients",
+    "planned_features",
+]
 
 CPU_BUDGET_BYTES = 4 << 30  # a fixed default on CPU keeps sub-batches (and so the features' rounding) reproducible
 
@@ -78,33 +86,65 @@ def gradient_features(
     for start in range(0, problems.height, problems_per_batch):
         chunk = problems[start : start + problems_per_batch]
         whole = to_rollout_batch(chunk, rollouts, tokenizer, template, loss_config)
-        samples = int(torch.bincount(whole.problem_index).max())
-        groups, head_chunk = plan_sub_batches(_problem_lengths(whole), samples, estimator, budget)
-        for group in groups:
-            batch = (
-                whole
-                if len(groups) == 1
-                else to_rollout_batch(chunk[group], rollouts, tokenizer, template, loss_config)
-            )
-            features = capture_features(
-                model,
-                ref_model,
-                batch,
-                loss_config,
-                layers,
-                projector,
-                temperature,
-                checkpointing,
-                head_chunk,
-                autocast_dtype,
-            )
-            blocks.append(features.float().cpu())
+        blocks += planned_features(
+            model,
+            ref_model,
+            whole,
+            lambda group, chunk=chunk: to_rollout_batch(chunk[group], rollouts, tokenizer, template, loss_config),
+            loss_config,
+            layers,
+            projector,
+            estimator,
+            budget,
+            temperature=temperature,
+            checkpointing=checkpointing,
+            autocast_dtype=autocast_dtype,
+        )
     width = blocks[0].shape[1] if blocks else 0
     features = torch.cat(blocks) if blocks else torch.zeros(0, width)
     return FeatureBatchResult(problems["problem_id"].to_list(), features)
 
 
-def _problem_lengths(batch) -> list[tuple[int, int]]:
+def planned_features(
+    model,
+    ref_model,
+    whole,
+    batch_of: Callable[[list[int]], RolloutBatch],
+    loss_config: GRPOLossConfig,
+    layers: dict[str, nn.Linear],
+    projector: Projector,
+    estimator: FeatureMemory,
+    budget: int,
+    *,
+    temperature: float = 1.0,
+    checkpointing: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """The stage's inner loop, without polars (the GPU check runs it as is): split the rollout batch `whole` into
+    the sub-batches `plan_sub_batches` picks under `budget` and capture each one's features ([problems, width]
+    float32 on the CPU, in order). `batch_of(indices)` builds the batch of those problems alone (padded to them)."""
+    samples = int(torch.bincount(whole.problem_index).max())
+    groups, head_chunk = plan_sub_batches(problem_lengths(whole), samples, estimator, budget)
+    blocks = []
+    for group in groups:
+        batch = whole if len(groups) == 1 else batch_of(group)
+        features = capture_features(
+            model,
+            ref_model,
+            batch,
+            loss_config,
+            layers,
+            projector,
+            temperature,
+            checkpointing,
+            head_chunk,
+            autocast_dtype,
+        )
+        blocks.append(features.float().cpu())
+    return blocks
+
+
+def problem_lengths(batch) -> list[tuple[int, int]]:
     """Per problem: (prompt tokens, longest completion) in a rollout batch."""
     lengths = batch.attention_mask.sum(dim=1)
     prompt = batch.completion_mask.argmax(dim=1) + 1

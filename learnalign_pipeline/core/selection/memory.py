@@ -10,8 +10,14 @@ with h the hidden size, I the MLP width and kv = key/value heads x head dim. On 
 while a layer is differentiated, (2 I + 4 h) per token; the projected inputs the hooks hold until their gradient
 arrives; one chunk of full-vocabulary logits (logits, their float32 copy, the saved log-softmax and its gradient);
 and the per-problem accumulators. With activation checkpointing, the completion pass keeps only each layer's input
-(h per token and layer) and recomputes one layer at a time. Under bfloat16 autocast the autocast cache also holds
-a bfloat16 copy of the weights for the whole pass (`fixed_bytes`).
+(h per token and layer) and recomputes one layer at a time. Those layer inputs are the residual stream, which
+stays in the master weights' float32 under autocast (only the matmuls run in bfloat16).
+
+Under autocast the weights are cast for every call: autocast caches the cast only for weights that require grad,
+and here they are frozen, so each linear call of a pass that autograd keeps saves its own bfloat16 copy of the
+weight for backward (`fixed_bytes`): one copy of every matmul weight for the shared-prompt pass, another for the
+completion pass unless it is checkpointed (then one layer's copy at a time), and the head's. The sub-batch planner
+takes these copies out of the budget before it fills it with activations.
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ class ModelShape:
     kv_dim: int  # key/value heads x head dim
     vocab: int  # logit columns (config.vocab_size, padding included)
     parameters: int
+    master_bytes: int = 4  # bytes per weight and residual-stream number (float32 master weights)
+
+    def layer_matmul_parameters(self) -> int:
+        """Weights of one decoder layer's linear maps (q, k, v, o and the gated MLP)."""
+        h = self.hidden
+        return h * (2 * h + 2 * self.kv_dim) + 3 * h * self.intermediate
+
+    def matmul_parameters(self) -> int:
+        """N of the FLOP counts: every matmul weight, the output head once (tied or not); no embedding lookup."""
+        return self.layers * self.layer_matmul_parameters() + self.vocab * self.hidden
 
     @classmethod
     def of(cls, config, parameters: int = 0) -> ModelShape:
@@ -79,8 +95,9 @@ class FeatureMemory:
         completion_tokens = problems * samples * completion_len
         layer = self.layer_bytes_per_token()
         in_flight = (2 * s.intermediate + 4 * s.hidden) * act
-        if self.checkpointing:
-            activations = prompt_tokens * s.layers * layer + completion_tokens * (s.layers * s.hidden * act + layer)
+        if self.checkpointing:  # each layer's input: the residual stream, in the master weights' dtype
+            residual = s.layers * s.hidden * s.master_bytes
+            activations = prompt_tokens * s.layers * layer + completion_tokens * (residual + layer)
         else:
             activations = (prompt_tokens + completion_tokens) * s.layers * layer
         tokens = prompt_tokens + completion_tokens
@@ -88,9 +105,17 @@ class FeatureMemory:
         hooks = tokens * self.held_per_token * 4 + problems * self.accumulator_per_problem * 4
         return activations + tokens * in_flight + logits + hooks
 
-    def fixed_bytes(self) -> int:
-        """Held for the whole pass whatever the batch: the autocast cache's bfloat16 copy of the weights."""
-        return 2 * self.shape.parameters if self.autocast_bf16 else 0
+    def fixed_bytes(self, shared_prompts: bool = True) -> int:
+        """Held for the pass whatever the batch: under autocast, the 16-bit weight copies autograd saves (module
+        docstring) for the prompt pass (`shared_prompts`), for the completion pass or one recomputed layer, and
+        for the head."""
+        if not self.autocast_bf16:
+            return 0
+        s = self.shape
+        layers = s.layers * s.layer_matmul_parameters()
+        passes = int(shared_prompts) + (0 if self.checkpointing else 1)
+        recomputed = s.layer_matmul_parameters() if self.checkpointing else 0
+        return 2 * (passes * layers + recomputed + s.vocab * s.hidden)
 
 
 def feature_memory(model, layers: dict, projector, autocast_dtype, checkpointing: bool) -> FeatureMemory:
@@ -115,9 +140,11 @@ def plan_sub_batches(
     lengths: list[tuple[int, int]], samples: int, memory: FeatureMemory, budget_bytes: int
 ) -> tuple[list[list[int]], int]:
     """(groups of consecutive problem indices, head chunk in rows) such that each group's estimated bytes stay
-    under `budget_bytes`. `lengths[i]` is problem i's (prompt tokens, longest completion). The head chunk is the
-    largest number of rows whose logits take at most a quarter of the budget. A problem that alone exceeds the
-    budget forms a group by itself (it cannot be split: its K rows share one normalization)."""
+    under `budget_bytes` less the weight copies of `memory.fixed_bytes()`. `lengths[i]` is problem i's (prompt
+    tokens, longest completion). The head chunk is the largest number of rows whose logits take at most a quarter
+    of that. A problem that alone exceeds it forms a group by itself (it cannot be split: its K rows share one
+    normalization)."""
+    budget_bytes = max(budget_bytes - memory.fixed_bytes(), 1)
     longest = max((c for _, c in lengths), default=1)
     chunk_rows = max(1, (budget_bytes // 4) // max(longest * memory.logits_bytes_per_token(), 1))
     groups: list[list[int]] = []

@@ -23,11 +23,12 @@ def answer_perplexity(
         values = []
         for start in range(0, len(targets), batch_size):
             rows = slice(start, start + batch_size)
-            ids, mask, labels = target_batch(contexts[rows], target_ids[rows], tokenizer.pad_token_id)
+            batch = target_batch(contexts[rows], target_ids[rows], tokenizer.pad_token_id)
+            ids, mask, labels = (t.to(model.device) for t in batch)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             shifted = labels[:, 1:]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted.clamp(min=0), reduction="none")
             valid = shifted != -100
             values.append(torch.exp((nll * valid).sum(1) / valid.sum(1)))
-        out.append(torch.cat(values) if values else torch.zeros(0))
+        out.append(torch.cat(values).cpu() if values else torch.zeros(0))
     return out[0], out[1]

@@ -4,9 +4,10 @@ and the `grpo_loss` resource are generated from these classes (`lib/config.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from ..compute import visible_gpus
 from ..data.arithmetic import DEFAULT_SHORTCUT_RATES
 from ..policy.generation import SamplingSpec
 from ..settings import require, require_finite, setting
@@ -141,9 +142,15 @@ class TrainerConfig:
         processes, micro_batch_rows, gradient_checkpointing, distributed
     > Rollouts during training
         rollouts, vllm_memory_utilization
+    > Hand-off and KL reference
+        handoff_dtype, reference_dtype
     """
 
-    processes: int = setting(1, "training processes: one per GPU (on CPU, gloo processes; used by the tests)")
+    processes: int = setting(
+        0,
+        "training processes, one per GPU: 0 = auto (every visible GPU; 1 on CPU); more than the visible GPUs is "
+        "refused before a run (on CPU, any number of gloo processes: used by the tests)",
+    )
     micro_batch_rows: int = setting(
         0,
         "rollout rows per forward/backward pass in each process (the memory bound); the step's problems_per_step x "
@@ -166,21 +173,41 @@ class TrainerConfig:
         "process (TRL's vllm_mode='colocate', GPUs only)",
     )
     vllm_memory_utilization: float = setting(0.3, "rollouts='vllm': share of each GPU's memory vLLM may take")
+    handoff_dtype: Literal["start", "float32"] = setting(
+        "start",
+        "dtype a trained policy is published in: start = its start checkpoint's (a bfloat16 model's next stage then "
+        "restarts from rounded weights: at lr 1e-6 most of a step's update is below bfloat16's resolution); float32 "
+        "= the master weights, so the next stage continues exactly (vLLM casts them to generator.dtype on load)",
+    )
+    reference_dtype: Literal["float32", "bfloat16"] = setting(
+        "float32",
+        "weights of the frozen KL reference model: bfloat16 halves its memory (3 GB at 1.5B, 15 GB at 7B) and its "
+        "log-probs then run wholly in bfloat16; float32 keeps CPU runs bitwise reproducible",
+    )
 
     def __post_init__(self) -> None:
         require_finite(self)
-        require(self.processes >= 1, "processes", "must be >= 1")
+        require(self.processes >= 0, "processes", "must be >= 0 (0 = one per visible GPU)")
         require(self.micro_batch_rows >= 0, "micro_batch_rows", "must be >= 0 (0 = one micro-batch per process)")
         require(0 < self.vllm_memory_utilization < 1, "vllm_memory_utilization", "must be in (0, 1)")
 
+    def process_count(self) -> int:
+        """The training processes a launch starts: `processes`, or with 0 one per visible GPU (1 on CPU)."""
+        return self.processes or max(1, visible_gpus())
+
+    def resolved(self) -> TrainerConfig:
+        """These settings with the process count fixed, for the launched processes (which may see other GPUs)."""
+        return replace(self, processes=self.process_count())
+
     def micro_batches(self, rows_per_step: int) -> tuple[int, int]:
         """(rows per micro-batch, micro-batches accumulated per step) for a step of `rows_per_step` rows."""
-        per_process, remainder = divmod(rows_per_step, self.processes)
+        processes = self.process_count()
+        per_process, remainder = divmod(rows_per_step, processes)
         require(
             remainder == 0,
             "processes",
             f"a step's {rows_per_step} rollout rows (problems_per_step x num_samples) do not split evenly over "
-            f"{self.processes} processes: change problems_per_step or processes",
+            f"{processes} processes: change problems_per_step or processes",
         )
         rows = self.micro_batch_rows or per_process
         require(

@@ -113,6 +113,8 @@ def trl_args(
         "bf16": autocast == torch.bfloat16,
         "fp16": autocast == torch.float16,
         "gradient_checkpointing": trainer.gradient_checkpointing,
+        # TRL builds the reference from these when the policy is passed as a model (its default: the policy's dtype)
+        **({"model_init_kwargs": {"dtype": trainer.reference_dtype}} if trainer.reference_dtype != "float32" else {}),
         "use_vllm": trainer.rollouts == "vllm",
         "vllm_mode": "colocate",
         "vllm_gpu_memory_utilization": trainer.vllm_memory_utilization,
@@ -399,7 +401,8 @@ def train_run(
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
-    _save_final(trainer, tokenizer, Path(run.output), Path(run.start), history)
+    dtype = torch.float32 if trainer_config.handoff_dtype == "float32" else checkpoint_dtype(run.start)
+    _save_final(trainer, tokenizer, Path(run.output), Path(run.start), history, dtype)
     records = _gathered(reward.records) if run.record_rollouts else []
     if run.record_rollouts and trainer.accelerator.is_main_process:
         _records_frame(records).write_parquet(checkpoints / ROLLOUT_RECORDS)
@@ -495,8 +498,8 @@ def _history_from_state(checkpoint: Path) -> list[dict]:
     ]
 
 
-def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dict]) -> None:
-    """The trained policy as a save_pretrained directory in the start checkpoint's dtype and settings (training
+def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dict], dtype: torch.dtype) -> None:
+    """The trained policy as a save_pretrained directory in `dtype` with the start checkpoint's settings (training
     turns off the KV cache): gathered from every rank (replicated, FSDP full state or ZeRO-3), written by the main
     process, with the training log (no timings, so identical training gives identical bytes)."""
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
@@ -504,7 +507,7 @@ def _save_final(trainer, tokenizer, output: Path, start: Path, history: list[dic
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.use_cache = json.loads((start / "config.json").read_text()).get("use_cache", True)
-    save_policy(model, tokenizer, output, dtype=checkpoint_dtype(start), state=state)
+    save_policy(model, tokenizer, output, dtype=dtype, state=state)
     import polars as pl
 
     pl.DataFrame(history).drop("seconds", strict=False).write_parquet(output / "training_log.parquet")

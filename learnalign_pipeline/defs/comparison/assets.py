@@ -16,8 +16,7 @@ from pydantic import Field
 
 from ...core.evaluation.benchmark import pass_at_1
 from ...core.evaluation.comparison import plot_accuracy_vs_budget, summarize, table_a
-from ...core.policy.generation import SamplingSpec, TransformersBackend
-from ...core.policy.model import load_policy
+from ...core.policy.generation import SamplingSpec
 from ...core.selection.methods import METHODS, select, trajectory_matrix
 from ...core.storage.artifacts import Checkpoint, TensorBundle, content_digest
 from ...lib.outputs import append_to_duckdb, markdown_table, versioned
@@ -124,11 +123,9 @@ class ComparisonConfig(grpo_stage_config(steps=8, problems_per_step=16, num_samp
     )
 
 
-def _evaluate(model, tokenizer, problems: pl.DataFrame, task: TaskSettings, verifier, name: str) -> dict:
+def _evaluate(backend, problems: pl.DataFrame, task: TaskSettings, verifier, name: str) -> dict:
     spec = SamplingSpec.greedy(task.max_new_tokens)
-    result, _ = pass_at_1(
-        TransformersBackend(model, tokenizer), problems, verifier, task.prompt_format(), spec, name, "comparison"
-    )
+    result, _ = pass_at_1(backend, problems, verifier, task.prompt_format(), spec, name, "comparison")
     return {"accuracy": result.accuracy, "num_correct": result.num_correct, "num_problems": result.num_problems}
 
 
@@ -183,7 +180,7 @@ def comparison_results(
     )
     by_run, train_seconds = {}, 0.0
     for (method, budget, seed, subset, problems), run in zip(plans, trained, strict=True):
-        model, tokenizer = load_policy(run.staging)
+        model, tokenizer = compute.load_policy(run.staging)
         by_run[method, budget, seed] = {
             "method": method,
             "budget": budget,
@@ -192,7 +189,7 @@ def comparison_results(
             "noisy_share": float(subset["noisy"].mean()),
             "steps": len(run.history),
             "final_reward": run.history[-1]["reward_mean"],
-            **_evaluate(model, tokenizer, evaluation, task, verifier, method),
+            **_evaluate(compute.generation_backend(model, tokenizer), evaluation, task, verifier, method),
         }
         shutil.rmtree(run.staging, ignore_errors=True)  # evaluated; only its accuracy is kept
         train_seconds += run.train_seconds
@@ -212,7 +209,7 @@ def comparison_results(
         ("warmup (no selection, start of every run)", warmup_policy),
         ("full data, LIMR reference run", full_data_policy),
     ]:
-        model, tokenizer = load_policy(checkpoint.path)
+        model, tokenizer = compute.load_policy(checkpoint.path)
         steps = (
             json.loads((checkpoint.path / "training_config.json").read_text()).get("steps", 0)
             if name.startswith("full")
@@ -227,7 +224,7 @@ def comparison_results(
                 "noisy_share": None,
                 "steps": steps,
                 "final_reward": None,
-                **_evaluate(model, tokenizer, evaluation, task, verifier, name),
+                **_evaluate(compute.generation_backend(model, tokenizer), evaluation, task, verifier, name),
             }
         )
     results = pl.DataFrame(rows, schema_overrides={"noisy_share": pl.Float64, "final_reward": pl.Float64})

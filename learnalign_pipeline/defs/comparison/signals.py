@@ -18,12 +18,11 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from ...core.policy.generation import SamplingSpec, TransformersBackend
-from ...core.policy.model import load_policy
+from ...core.policy.generation import SamplingSpec
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
 from ...core.selection.config import FeatureConfig
-from ...core.selection.features import features_for_rates, gradient_features, scatter_rows
+from ...core.selection.features import features_for_rates, gradient_features, memory_budget, scatter_rows
 from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
 from ...core.selection.scoring import unit_rows
@@ -58,6 +57,7 @@ def projected_features(
     task: TaskSettings,
     grpo_loss: GRPOLoss,
     projected_gradients,
+    compute: ComputeSettings,
 ) -> torch.Tensor:
     """Raw projected gradients (float32) with rows following `rates`, with the pool's feature settings; zero rows
     for zero-variance problems."""
@@ -72,6 +72,7 @@ def projected_features(
         pool_feature_config(projected_gradients),
         task.prompt_format(),
         empty_width=int(projected_gradients.metadata["width"]),
+        autocast_dtype=compute.config().autocast_dtype(),
     )
 
 
@@ -84,18 +85,19 @@ def rates_and_features(
     task: TaskSettings,
     grpo_loss: GRPOLoss,
     projected_gradients: TensorBundle,
+    compute: ComputeSettings,
 ) -> tuple[pl.DataFrame, torch.Tensor]:
     """Success rates from fresh rollouts (T = 1) at `policy`, and the problems' raw projected gradients there, with
     the pool's feature settings and the KL reference training would use from `policy`; rows follow the rates."""
-    model, tokenizer = load_policy(policy.path)
+    model, tokenizer = compute.load_policy(policy.path)
     spec = SamplingSpec(num_samples=num_samples, temperature=1.0, top_p=1.0, max_new_tokens=task.max_new_tokens)
-    backend = TransformersBackend(model, tokenizer)
+    backend = compute.generation_backend(model, tokenizer)
     rollouts = sample_rollouts(backend, problems, spec, task.make_verifier(), task.prompt_format(), seed)
     rates = rollout_success_rates(rollouts)
     reference = reference_checkpoint(grpo_loss, policy, base)
     ref_model = reference_model(grpo_loss.loss_config(task.max_new_tokens), reference, policy, model)
     features = projected_features(
-        model, ref_model, tokenizer, problems, rollouts, rates, task, grpo_loss, projected_gradients
+        model, ref_model, tokenizer, problems, rollouts, rates, task, grpo_loss, projected_gradients, compute
     )
     return rates, features
 
@@ -124,6 +126,7 @@ def validation_gradients(
     config: ValidationGradientConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    compute: ComputeSettings,
     validation_problems: pl.DataFrame,
     projected_gradients: TensorBundle,
     warmup_policy: Checkpoint,
@@ -140,6 +143,7 @@ def validation_gradients(
         task,
         grpo_loss,
         projected_gradients,
+        compute,
     )
     bundle = TensorBundle(
         tensors={
@@ -173,6 +177,7 @@ def cold_start_signals(
     config: ColdStartConfig,
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    compute: ComputeSettings,
     raw_problems: pl.DataFrame,
     success_rates: pl.DataFrame,
     projected_gradients: TensorBundle,
@@ -191,6 +196,7 @@ def cold_start_signals(
         task,
         grpo_loss,
         projected_gradients,
+        compute,
     )
     unit, norms = unit_rows(features)
     bundle = TensorBundle(
@@ -214,6 +220,7 @@ def cold_start_signals(
 def zero_variance_gradients(
     task: TaskSettings,
     grpo_loss: GRPOLoss,
+    compute: ComputeSettings,
     raw_problems: pl.DataFrame,
     rollouts: pl.DataFrame,
     success_rates: pl.DataFrame,
@@ -225,7 +232,7 @@ def zero_variance_gradients(
     order (zero rows for learnable problems). Their advantage is zero, so the gradient is the KL term alone, taken
     against LearnAlign's reference, the initial (pre-trained) model, whatever `grpo_loss.reference` says: against the
     warm-up policy itself it would be exactly zero. "w/o V" ranks them by this direction instead of filtering them."""
-    model, tokenizer = load_policy(warmup_policy.path)
+    model, tokenizer = compute.load_policy(warmup_policy.path)
     loss = grpo_loss.loss_config(task.max_new_tokens)
     zero = success_rates.filter((pl.col("success_rate") == 0) | (pl.col("success_rate") == 1))
     problems = zero.select("problem_id").join(raw_problems, on="problem_id", how="left", maintain_order="left")
@@ -233,7 +240,7 @@ def zero_variance_gradients(
     features = torch.zeros(success_rates.height, width)
     if loss.beta and problems.height:
         config = pool_feature_config(projected_gradients)
-        reference = load_policy(pretrained_policy.path)[0]
+        reference = compute.load_policy(pretrained_policy.path)[0]
         result = gradient_features(
             model,
             reference,
@@ -246,6 +253,9 @@ def zero_variance_gradients(
             scope=config.scope,
             last_blocks=config.last_blocks,
             problems_per_batch=config.problems_per_batch,
+            checkpointing=config.activation_checkpointing,
+            memory_budget_bytes=memory_budget(model, config.memory_budget_gib),
+            autocast_dtype=compute.config().autocast_dtype(),
         )
         features = scatter_rows(success_rates["problem_id"].to_list(), result, width)
     unit, norms = unit_rows(features)
@@ -267,15 +277,16 @@ def zero_variance_gradients(
 
 @dg.asset(group_name=GROUP, code_version="1", **gpu_step(manual=True))
 def answer_perplexity(
-    task: TaskSettings, raw_problems: pl.DataFrame, warmup_policy: Checkpoint
+    task: TaskSettings, compute: ComputeSettings, raw_problems: pl.DataFrame, warmup_policy: Checkpoint
 ) -> dg.Output[pl.DataFrame]:
     """Per pool problem: perplexity of its reference answer (worked solution when the source has one, else the
     gold answer) under the warm-up policy, with and without the question; IFD is their ratio."""
-    model, tokenizer = load_policy(warmup_policy.path)
+    model, tokenizer = compute.load_policy(warmup_policy.path)
     targets = [s if s else a for s, a in zip(raw_problems["solution"].to_list(), raw_problems["answer"].to_list())]
-    conditional, unconditional = perplexity_of_answers(
-        model, tokenizer, raw_problems["prompt"].to_list(), targets, task.prompt_format()
-    )
+    with compute.config().autocast_context():
+        conditional, unconditional = perplexity_of_answers(
+            model, tokenizer, raw_problems["prompt"].to_list(), targets, task.prompt_format()
+        )
     frame = raw_problems.select("problem_id").with_columns(
         pl.Series("perplexity", conditional.double().numpy()),
         pl.Series("unconditional_perplexity", unconditional.double().numpy()),

@@ -6,7 +6,6 @@ the lineage reads warm-up -> selection 1 -> policy 1 -> selection 2 -> policy 2 
 import dagster as dg
 import polars as pl
 
-from ...core.policy.model import load_policy
 from ...core.selection.curriculum import CurriculumConfig, curriculum_chunk, score_chunk
 from ...core.storage.artifacts import Checkpoint, TensorBundle
 from ...lib.config import config_view, settings
@@ -44,6 +43,7 @@ def _round_assets(r: int) -> list:
         config: CurriculumSelectionConfig,
         task: TaskSettings,
         grpo_loss: GRPOLoss,
+        compute: ComputeSettings,
         raw_problems: pl.DataFrame,
         validation_problems: pl.DataFrame,
         projected_gradients: TensorBundle,
@@ -52,7 +52,7 @@ def _round_assets(r: int) -> list:
     ) -> dg.Output[pl.DataFrame]:
         ids = curriculum_chunk(raw_problems["problem_id"].to_list(), config.chunk_size, r - 1, config.seed)
         chunk = raw_problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
-        model, tokenizer = load_policy(start.path)
+        model, tokenizer = compute.load_policy(start.path)
         loss = grpo_loss.loss_config(task.max_new_tokens)
         reference = reference_model(loss, reference_checkpoint(grpo_loss, start, pretrained_policy), start, model)
         features = pool_feature_config(projected_gradients)  # same projector (and seed) and scope as the pool's
@@ -68,6 +68,7 @@ def _round_assets(r: int) -> list:
             task.config(),
             settings(config, CurriculumConfig),
             r - 1,
+            autocast_dtype=compute.config().autocast_dtype(),
         )
         scored = scored.with_columns(pl.lit(r).alias("round"), pl.lit(start.path.name).alias("scored_with"))
         chosen = scored.filter(pl.col("selected")).sort("score", "problem_id", descending=[True, False])
