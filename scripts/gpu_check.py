@@ -398,6 +398,7 @@ def check_trl_step(name, device, compute, shapes):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     from learnalign_pipeline.core.task.config import TaskConfig
+    from learnalign_pipeline.core.task.verify import RolloutRewards
     from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
     from learnalign_pipeline.core.training.trl_engine import SeededRollouts, VerifierReward, trl_args
 
@@ -438,7 +439,7 @@ def check_trl_step(name, device, compute, shapes):
             base = reset_peak(device)
             step = trl.GRPOTrainer(
                 model=policy,
-                reward_funcs=VerifierReward(LengthParity()),
+                reward_funcs=VerifierReward(RolloutRewards(LengthParity())),
                 args=trl.GRPOConfig(**args),
                 train_dataset=dataset,
                 processing_class=tokenizer,

@@ -22,7 +22,6 @@ from ...core.policy.generation import SamplingSpec, TransformersBackend
 from ...core.policy.model import load_policy
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
-from ...core.selection.config import FeatureConfig
 from ...core.selection.features import features_for_rates, gradient_features, scatter_rows
 from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
@@ -39,13 +38,9 @@ from ...lib.training import (
     reference_model,
     train_from,
 )
+from ..selection.gradients import pool_feature_config
 
 GROUP = "comparison"
-
-
-def pool_feature_config(projected_gradients: TensorBundle) -> FeatureConfig:
-    """The settings the pool's features were computed with (projection kind, widths, seed, scope)."""
-    return FeatureConfig(**json.loads(projected_gradients.metadata["config"]))
 
 
 def projected_features(
@@ -192,7 +187,7 @@ def cold_start_signals(
         grpo_loss,
         projected_gradients,
     )
-    unit, norms = unit_rows(features)
+    unit, norms = unit_rows(features, pool_feature_config(projected_gradients).norm_floor)
     bundle = TensorBundle(
         tensors={
             "success_rate": torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float32),
@@ -248,7 +243,7 @@ def zero_variance_gradients(
             problems_per_batch=config.problems_per_batch,
         )
         features = scatter_rows(success_rates["problem_id"].to_list(), result, width)
-    unit, norms = unit_rows(features)
+    unit, norms = unit_rows(features, pool_feature_config(projected_gradients).norm_floor)
     bundle = TensorBundle(
         tensors={"unit_features": unit.to(torch.float16), "norms": norms},
         metadata={
