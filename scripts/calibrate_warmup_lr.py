@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the table here (Parquet)")
     args = parser.parse_args()
 
+    from learnalign_pipeline.lib.console import quiet_libraries
+
+    quiet_libraries()  # one line per (seed, lr), no library bars
     import polars as pl
 
     from learnalign_pipeline.core.data.arithmetic import MIXES, pretraining_corpus

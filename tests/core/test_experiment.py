@@ -18,6 +18,7 @@ from learnalign_pipeline.core.evaluation.experiment import (
     ExperimentConfig,
     ExperimentDataConfig,
     analyze,
+    calibrated_learning_rate,
     curves,
     experiment_problems,
     target_share,
@@ -160,3 +161,16 @@ def test_analysis_on_tables_with_known_answers():
     assert math.isinf(rows[("clean", "zero_variance", "random")]["median_steps_to_comparator_final"])
     curve = curves(accuracy).filter((pl.col("arm") == "learnalign") & (pl.col("step") == 24))
     assert curve["mean"][0] == pytest.approx(65.0) and curve["half_width"][0] > 0
+
+
+def test_the_learning_rate_rule_takes_the_largest_lr_whose_warm_up_does_not_lower_sampled_accuracy():
+    """Calibrated on the warm-up alone: mean change over seeds >= 0 points, the largest such lr; None if none."""
+    table = pl.DataFrame(
+        {
+            "seed": [0, 1, 0, 1, 0, 1],
+            "learning_rate": [3e-4, 3e-4, 1e-4, 1e-4, 3e-5, 3e-5],
+            "delta_points": [-1.0, -5.2, 2.7, -1.1, 0.5, 0.4],
+        }
+    )
+    assert calibrated_learning_rate(table) == 1e-4
+    assert calibrated_learning_rate(table.filter(pl.col("learning_rate") == 3e-4)) is None
