@@ -232,13 +232,24 @@ def _contrast_table(contrasts: pl.DataFrame) -> str:
 
 
 def _corrupted_shares(selections: pl.DataFrame) -> pl.DataFrame:
+    """Per rule on the coin-flip pool: the share of its picks whose rewards are coins, over all its picks (round
+    "all") and, for the curriculum, per round (round 0 is a static rule's one selection)."""
+    coin = selections.filter(pl.col("pool") == "coin_flip")
+    share = [
+        (100 * pl.col("noisy").mean()).round(1).alias("corrupted_percent"),
+        pl.col("seed").n_unique().alias("seeds"),
+    ]
+    overall = coin.group_by("arm").agg(*share).with_columns(pl.lit("all").alias("round"))
+    rounds = (
+        coin.filter(pl.col("round") > 0)
+        .group_by("arm", "round")
+        .agg(*share)
+        .with_columns(pl.col("round").cast(pl.String))
+    )
     return (
-        selections.filter(pl.col("pool") == "coin_flip")
-        .group_by("arm")
-        .agg(
-            (100 * pl.col("noisy").mean()).round(1).alias("corrupted_percent"), pl.col("seed").n_unique().alias("seeds")
-        )
-        .sort("corrupted_percent")
+        pl.concat([overall, rounds], how="diagonal")
+        .select("arm", "round", "corrupted_percent", "seeds")
+        .sort("arm", "round")
     )
 
 
