@@ -25,7 +25,7 @@ from ...core.policy.rollouts import success_rates as rollout_success_rates
 from ...core.selection.features import features_for_rates, gradient_features, scatter_rows
 from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
-from ...core.selection.scoring import unit_rows
+from ...core.selection.scoring import carries_gradient, unit_rows
 from ...core.storage.artifacts import Checkpoint, TensorBundle
 from ...lib.outputs import versioned
 from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
@@ -149,7 +149,9 @@ def validation_gradients(
     return versioned(
         bundle,
         problems=rates.height,
-        with_gradient=int((features.norm(dim=1) > 0).sum()),
+        with_gradient=int(
+            carries_gradient(features.norm(dim=1), pool_feature_config(projected_gradients).norm_floor).sum()
+        ),
         mean_success_rate=float(rates["success_rate"].mean()),
     )
 
