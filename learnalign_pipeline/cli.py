@@ -68,6 +68,7 @@ def parallel_execution(processes: int) -> dict:
 
     threads = max(1, (os.cpu_count() or 1) // processes)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # inherited by the step processes
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the step processes' library warnings stay off the console
     start = {"forkserver": {"preload_modules": preload_modules()}}
     return {"execution": {"config": {"multiprocess": {"max_concurrent": processes, "start_method": start}}}}
 
