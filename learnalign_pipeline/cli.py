@@ -18,6 +18,7 @@ State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,9 +59,27 @@ def prepare_environment() -> Path:
     return home
 
 
-def run_job(name: str, run_config: dict | None = None, assets: list[str] | None = None) -> bool:
+def parallel_execution(processes: int) -> dict:
+    """Run config for `processes` steps at once: the multiprocess executor (steps forked from a server that imported
+    the heavy modules once), each step's torch limited to its share of the cores so they do not oversubscribe."""
+    if processes < 1:
+        raise ValueError(f"--parallel {processes}: must be >= 1")
+    from .lib.executors import preload_modules
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # inherited by the step processes
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the step processes' library warnings stay off the console
+    start = {"forkserver": {"preload_modules": preload_modules()}}
+    return {"execution": {"config": {"multiprocess": {"max_concurrent": processes, "start_method": start}}}}
+
+
+def run_job(
+    name: str, run_config: dict | None = None, assets: list[str] | None = None, pool_limit: int | None = None
+) -> bool:
     """Execute a job of the code location (or only `assets` of it) in this process, printing its stages as they
-    start and end. Runs left behind by killed processes are recovered first, so none of them holds a pool slot."""
+    start and end. Runs left behind by killed processes are recovered first, so none of them holds a pool slot.
+    `pool_limit` sets the `gpu` pool's slots for this run (restored afterwards), so that many accelerator steps
+    can run at once."""
     import dagster as dg
 
     from .definitions import job_named, reconstructable_job
@@ -79,13 +98,14 @@ def run_job(name: str, run_config: dict | None = None, assets: list[str] | None 
     with dg.DagsterInstance.get() as instance, followed_run(project_home() / "logs") as (tags, follower):
         recover_dead_runs(instance)
         sweep_leftovers(instance, project_home() / "artifacts")
-        result = dg.execute_job(
-            reconstructable_job(name),
-            instance=instance,
-            run_config=config,
-            tags={**tags, **owner_tags()},
-            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-        )
+        with gpu_pool_slots(instance, pool_limit):
+            result = dg.execute_job(
+                reconstructable_job(name),
+                instance=instance,
+                run_config=config,
+                tags={**tags, **owner_tags()},
+                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+            )
         if result.success:
             sweep_leftovers(instance, project_home() / "artifacts")  # this run's step outputs
     took = time.perf_counter() - started
@@ -94,6 +114,23 @@ def run_job(name: str, run_config: dict | None = None, assets: list[str] | None 
         f"{name} {verdict} in {int(took // 60)} min {took % 60:02.0f} s (run {result.run_id}, log {follower.log_path})"
     )
     return result.success
+
+
+@contextlib.contextmanager
+def gpu_pool_slots(instance, slots: int | None):
+    """The `gpu` pool holds `slots` slots inside the block, its previous count after it (None: left alone)."""
+    from .lib.tags import GPU_POOL
+
+    storage = instance.event_log_storage
+    if slots is None or GPU_POOL is None or not storage.supports_global_concurrency_limits:
+        yield
+        return
+    previous = storage.get_concurrency_info(GPU_POOL).slot_count
+    storage.set_concurrency_slots(GPU_POOL, slots)
+    try:
+        yield
+    finally:
+        storage.set_concurrency_slots(GPU_POOL, previous)
 
 
 def latest_metadata(asset: str) -> dict | None:
@@ -117,10 +154,11 @@ def latest_benchmark_table() -> str:
         return "benchmark_results has not been materialized yet: run `learnalign demo`"
     with dg.DagsterInstance.get() as instance:  # read under this home's artifact root, wherever it was written
         table = load_latest(instance, dg.AssetKey("benchmark_results"), project_home() / "artifacts")
-    return (
-        markdown_table(table.select([*TABLE_COLUMNS, "backend"]))
-        + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
-    )
+    lines = [f"trained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points (greedy)"]
+    if "sampled_accuracy_trained" in metadata:
+        sampled = {p: metadata[f"sampled_accuracy_{p}"].value for p in ("warmup", "trained")}
+        lines.append(f"trained - warmup: {100 * (sampled['trained'] - sampled['warmup']):+.1f} points (sampled)")
+    return markdown_table(table.select([*TABLE_COLUMNS, "backend"])) + "\n\n" + "\n".join(lines)
 
 
 def latest_comparison_table() -> str:
@@ -187,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--png-dir", default=None, help="`compare`, `experiment`: also copy the plot into this directory"
     )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="`experiment`: run N seed shards at once (multiprocess executor, `gpu` pool limit N for the run, "
+        "torch threads = cores / N); 1: one process",
+    )
     args, rest = parser.parse_known_args(argv)
     prepare_environment()
     if args.command == "dev":
@@ -210,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.png_dir and report:
         ops = {**run_config.get("ops", {}), report: {"config": {"png_dir": args.png_dir}}}
         run_config = {**run_config, "ops": ops}
+    pool_limit = None
+    if args.command == "experiment" and args.parallel > 1:
+        run_config = {**run_config, **parallel_execution(args.parallel)}
+        pool_limit = args.parallel
     job = {
         "compare": "selection_comparison_job",
         "curriculum": "gradalign_curriculum_job",
         "experiment": "selection_experiment_job",
     }[args.command]
-    if not run_job(job, run_config):
+    if not run_job(job, run_config, pool_limit=pool_limit):
         return 1
     if args.command == "compare":
         print(latest_comparison_table())

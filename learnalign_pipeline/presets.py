@@ -75,7 +75,7 @@ SMOKE_EXPERIMENT: dict = {
                 "heldout_generated": 400,
                 "target_size": 16,
                 "validation_size": 8,
-                "full_size": 16,
+                "off_target_size": 16,
             }
         },
         "experiment_base_policy": {
@@ -95,6 +95,7 @@ SMOKE_EXPERIMENT: dict = {
                 "curriculum_rounds": 2,
                 "curriculum_chunk": 16,
                 "curriculum_keep": 4,
+                "curriculum_samples": 4,
                 "validation_samples": 4,
             }
         },

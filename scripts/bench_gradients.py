@@ -213,7 +213,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_selection(artifacts: Path) -> None:
     # The pipeline's own defaults (budget, projection, loss, template), so this measures what the assets do.
-    from learnalign_pipeline.core.selection.config import AlignmentConfig, SelectionConfig
+    from learnalign_pipeline.core.selection.config import AlignmentConfig, FeatureConfig, SelectionConfig
     from learnalign_pipeline.defs.selection.gradients import GradientConfig
     from learnalign_pipeline.lib.resources import GRPOLoss, TaskSettings
 
@@ -249,7 +249,7 @@ def bench_selection(artifacts: Path) -> None:
         )
         features = torch.zeros(len(ids), result.features.shape[1])
         features[[row_of[p] for p in result.problem_ids]] = result.features
-        unit = unit_rows(features)[0]
+        unit = unit_rows(features, FeatureConfig().norm_floor)[0]
         unit = unit.to(torch.float16).float() if fp16 else unit  # the asset stores float16 unit features
         return learnalign_scores(weights, unit, include_self=AlignmentConfig().include_self)[0], features.shape[1]
 

@@ -80,7 +80,9 @@ def run(cache: RowCache, pool: pl.DataFrame, warmup: Path, pretrained: Path) -> 
 
     ids = rates["problem_id"].to_list()
     full = scatter_rows(ids, result)
-    unit = unit_rows(full)[0].to(torch.float16).float()  # the asset stores float16 unit features
+    unit = (
+        unit_rows(full, FeatureConfig().norm_floor)[0].to(torch.float16).float()
+    )  # the asset stores float16 unit features
     weights = learnability(torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float64)).float()
     scores = learnalign_scores(weights, unit, include_self=AlignmentConfig().include_self)[0]
     subset = [ids[i] for i in top_n(scores.double(), ids, SelectionConfig().budget)]

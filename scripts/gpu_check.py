@@ -538,6 +538,7 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
     with polars_stand_in():  # after datasets, which looks for polars itself
         from learnalign_pipeline.core.policy.model import save_policy
         from learnalign_pipeline.core.task.config import TaskConfig
+        from learnalign_pipeline.core.task.verify import RolloutRewards
         from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
         from learnalign_pipeline.core.training.trl_engine import SeededRollouts, VerifierReward, trl_args
 
@@ -586,7 +587,7 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
             timer = _StepTimes(device)
             step = trl.GRPOTrainer(
                 model=policy,
-                reward_funcs=VerifierReward(LengthParity()),
+                reward_funcs=VerifierReward(RolloutRewards(LengthParity())),
                 args=trl.GRPOConfig(**args),
                 train_dataset=dataset,
                 processing_class=tokenizer,

@@ -34,7 +34,7 @@ from ..core.task.config import TaskConfig
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, PretrainConfig, TrainerConfig
 from ..core.training.grpo import GRPOLossConfig
 from ..core.training.sft import pretrain_tiny_policy
-from ..core.training.trl_engine import ROLLOUT_RECORDS, Launch, TRLRun
+from ..core.training.trl_engine import ROLLOUT_RECORDS, Launch, TRLRun, write_training_problems
 from .charts import image, present, table
 from .config import config_view, settings
 from .outputs import versioned
@@ -244,7 +244,7 @@ def train_policies(
         (request.state_dir / attempt).mkdir(parents=True)
         (request.state_dir / attempt / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         problems = launch_dir / f"problems_{index}.parquet"
-        request.problems.select("problem_id", "prompt", "answer").write_parquet(problems)
+        write_training_problems(request.problems, problems)
         staging = store.staging_dir()
         stagings.append(staging)
         runs.append(

@@ -18,8 +18,10 @@ from learnalign_pipeline.core.evaluation.experiment import (
     ExperimentConfig,
     ExperimentDataConfig,
     analyze,
+    calibrated_learning_rate,
     curves,
     experiment_problems,
+    target_share,
     verdict,
 )
 from learnalign_pipeline.core.policy.generation import SamplingSpec, TransformersBackend
@@ -33,20 +35,24 @@ from learnalign_pipeline.core.training.trl_engine import train_in_memory
 
 def test_problem_sets_are_disjoint_and_follow_the_design():
     config = ExperimentDataConfig(
-        pool_size=200, heldout_generated=900, target_size=60, validation_size=20, full_size=50
+        pool_size=200, heldout_generated=900, target_size=60, validation_size=20, off_target_size=50
     )
     frame = experiment_problems(config)
     role = {r: frame.filter(pl.col("role") == r) for r in frame["role"].unique()}
     assert {r: f.height for r, f in role.items()} == {
-        "pool": role["pool"].height, "pool_coin_flip": role["pool"].height, "target": 60, "validation": 20, "full": 50
+        "pool": role["pool"].height, "pool_coin_flip": role["pool"].height, "target": 60, "validation": 20, "off_target": 50
     }  # fmt: skip
     ids = {r: set(f["problem_id"]) for r, f in role.items()}
     assert ids["pool"] == ids["pool_coin_flip"]
-    assert not (ids["pool"] & (ids["target"] | ids["validation"] | ids["full"]))
-    assert not (ids["target"] & ids["validation"]) and not (ids["full"] & (ids["target"] | ids["validation"]))
+    assert not (ids["pool"] & (ids["target"] | ids["validation"] | ids["off_target"]))
+    assert not (ids["target"] & ids["validation"]) and not (ids["off_target"] & (ids["target"] | ids["validation"]))
     target_cells = set(MIXES["realistic"].target_cells)
     assert set(cell_of(role["target"])) <= target_cells and set(cell_of(role["validation"])) <= target_cells
-    assert len(set(cell_of(role["full"]))) > len(target_cells)  # the whole mix
+    # named for what they hold: no target cell off-target, every other cell there
+    assert not set(cell_of(role["off_target"])) & target_cells and len(set(cell_of(role["off_target"]))) > 3
+    share = target_share(role["pool"], role["target"])
+    assert share == pytest.approx(float(cell_of(role["pool"]).is_in(list(target_cells)).mean()))
+    assert 0.1 < share < 0.5  # the pool-weighted estimate weighs the target set by the pool's share
     assert int(noisy_flags(role["pool_coin_flip"]).sum()) == round(0.5 * role["pool"].height)
     assert int(noisy_flags(role["pool"]).sum()) == 0
 
@@ -105,7 +111,7 @@ def _accuracy(effects: dict[tuple[str, str], list[float]], seeds: int = 8) -> pl
             for step in (0, 8, 16, 24):
                 final = 0.60 + effect[s]
                 value = 0.50 + (final - 0.50) * step / 24
-                for eval_set in ("target", "full") if step in (0, 24) else ("target",):
+                for eval_set in ("target", "off_target", "pool_weighted") if step in (0, 24) else ("target",):
                     rows.append(
                         {"seed": s, "pool": pool, "arm": arm, "step": step, "eval_set": eval_set, "accuracy": value}
                     )
@@ -123,7 +129,9 @@ def test_analysis_on_tables_with_known_answers():
             ("clean", "accuracy_band"): noise,
             ("clean", "zero_variance"): down,
             ("coin_flip", "random"): [0.0] * 8,
+            ("coin_flip", "accuracy_band"): down,
             ("coin_flip", "gradalign_curriculum"): noise,
+            ("coin_flip", "clean_half_oracle"): up,
         }
     )
     selections = pl.DataFrame(
@@ -137,14 +145,32 @@ def test_analysis_on_tables_with_known_answers():
     assert la["ci_low"] > 0 and verdict(la) == "better"
     # it reaches Random's final accuracy (0.60) at step 24 * 0.10 / (0.10 + effect) on each seed
     assert la["median_steps_to_comparator_final"] == pytest.approx(24 * 0.10 / 0.15, abs=0.2)
-    assert la["full_mix_points"] == pytest.approx(5.0)
+    assert la["off_target_points"] == pytest.approx(5.0) and la["pool_weighted_points"] == pytest.approx(5.0)
     band = rows[("clean", "learnalign", "accuracy_band")]
     assert band["mean_points"] == pytest.approx(5.0 - 0.0, abs=1e-9)
     power = rows[("clean", "zero_variance", "random")]
     assert power["family"] == "power_check" and verdict(power) == "has power" and power["p_holm"] is None
     coin = rows[("coin_flip", "gradalign_curriculum", "random")]
+    assert coin["family"] == "secondary"
     assert coin["arm_corrupted_share"] == pytest.approx(0.25) and verdict(coin).startswith("not detected")
+    h3 = rows[("coin_flip", "gradalign_curriculum", "accuracy_band")]  # H3: against the rule noise fools most
+    assert h3["family"] == "confirmatory" and h3["mean_points"] == pytest.approx(10.0) and verdict(h3) == "better"
+    ceiling = rows[("coin_flip", "gradalign_curriculum", "clean_half_oracle")]
+    assert ceiling["family"] == "ceiling" and ceiling["mean_points"] < 0 and ceiling["p_holm"] is None
     assert rows[("clean", "accuracy_band", "random")]["family"] == "secondary"
     assert math.isinf(rows[("clean", "zero_variance", "random")]["median_steps_to_comparator_final"])
     curve = curves(accuracy).filter((pl.col("arm") == "learnalign") & (pl.col("step") == 24))
     assert curve["mean"][0] == pytest.approx(65.0) and curve["half_width"][0] > 0
+
+
+def test_the_learning_rate_rule_takes_the_largest_lr_whose_warm_up_does_not_lower_sampled_accuracy():
+    """Calibrated on the warm-up alone: mean change over seeds >= 0 points, the largest such lr; None if none."""
+    table = pl.DataFrame(
+        {
+            "seed": [0, 1, 0, 1, 0, 1],
+            "learning_rate": [3e-4, 3e-4, 1e-4, 1e-4, 3e-5, 3e-5],
+            "delta_points": [-1.0, -5.2, 2.7, -1.1, 0.5, 0.4],
+        }
+    )
+    assert calibrated_learning_rate(table) == 1e-4
+    assert calibrated_learning_rate(table.filter(pl.col("learning_rate") == 3e-4)) is None

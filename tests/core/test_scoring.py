@@ -1,5 +1,6 @@
 import torch
 
+from learnalign_pipeline.core.selection.config import FeatureConfig
 from learnalign_pipeline.core.selection.scoring import (
     alignment_matrix,
     learnability,
@@ -17,7 +18,7 @@ def test_row_average_in_o_nd_equals_explicit_matrix_mean():
     p = torch.rand(n, generator=gen, dtype=torch.float64)
     p[5] = 1.0
     weights = learnability(p)
-    unit, _ = unit_rows(features)
+    unit, _ = unit_rows(features, FeatureConfig().norm_floor)
     unit = unit.double()
     explicit = alignment_matrix(weights, unit).double()
     scores, _ = learnalign_scores(weights, unit, include_self=True)
@@ -42,6 +43,15 @@ def test_top_n_breaks_ties_by_key_independent_of_row_order():
 
 
 def test_unit_rows_keeps_zero_rows_zero():
-    unit, norms = unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    unit, norms = unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), FeatureConfig().norm_floor)
     assert torch.allclose(unit, torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
     assert norms.tolist() == [5.0, 0.0]
+
+
+def test_a_round_off_gradient_scores_about_zero_not_as_a_unit_vector():
+    """GradAlign's released code divides by |g| + 1e-5: a gradient that is zero but for round-off (~1e-9, identical
+    completions) stays about 0 instead of becoming a unit vector with a random-looking direction."""
+    floor = FeatureConfig().norm_floor
+    assert floor == 1e-5
+    unit, norms = unit_rows(torch.tensor([[3e-9, -1e-9, 2e-9], [0.3, 0.4, 0.0]]), floor)
+    assert float(unit[0].norm()) < 1e-3 and abs(float(unit[1].norm()) - 1) < 1e-4

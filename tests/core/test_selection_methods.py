@@ -77,22 +77,23 @@ def test_learnalign_ablations():
 
 def test_gradalign_family():
     val = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # g_V = (2, 1): raw sum; unit sum = (1, 1)
+    # every normalization is g / (|g| + 1e-5) (GradAlign's released code): relative differences ~1e-5
     s = signals(validation_features=val)
     c1, c2 = 2 / math.sqrt(5), 1 / math.sqrt(5)
     torch.testing.assert_close(
-        scores("gradalign", s), torch.tensor([c1, c1, c2, 0.0], dtype=torch.float64), rtol=1e-6, atol=1e-7
+        scores("gradalign", s), torch.tensor([c1, c1, c2, 0.0], dtype=torch.float64), rtol=3e-5, atol=1e-7
     )
     torch.testing.assert_close(
-        scores("gradalign_dot", s), torch.tensor([c1, 4 * c1, 2 * c2, 0.0], dtype=torch.float64), rtol=1e-6, atol=1e-7
+        scores("gradalign_dot", s), torch.tensor([c1, 4 * c1, 2 * c2, 0.0], dtype=torch.float64), rtol=3e-5, atol=1e-7
     )
     torch.testing.assert_close(
-        scores("gradalign_unit_mean", s), torch.tensor([S2, S2, S2, 0.0], dtype=torch.float64), rtol=1e-6, atol=1e-7
+        scores("gradalign_unit_mean", s), torch.tensor([S2, S2, S2, 0.0], dtype=torch.float64), rtol=3e-5, atol=1e-7
     )
     acc = 4 * s.success_rate * (1 - s.success_rate)
     torch.testing.assert_close(
         scores("gradalign_learnability", s),
         torch.tensor([c1, c1, c2, 0.0], dtype=torch.float64) * acc,
-        rtol=1e-6,
+        rtol=3e-5,
         atol=1e-7,
     )
     # bottom-k: a candidate pointing against the validation gradient comes first

@@ -21,6 +21,7 @@ from learnalign_pipeline.core.policy.model import save_policy
 from learnalign_pipeline.core.policy.rollouts import sample_rollouts
 from learnalign_pipeline.core.task.config import TaskConfig
 from learnalign_pipeline.core.task.prompts import render
+from learnalign_pipeline.core.task.verify import RolloutRewards
 from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
 from learnalign_pipeline.core.training.grpo import per_problem_loss, to_rollout_batch, token_logprobs
 from learnalign_pipeline.core.training.trl_engine import (
@@ -145,7 +146,7 @@ def test_one_trl_update_equals_one_sgd_update_of_our_loss(
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
     trainer = GRPOTrainer(
         model=policy,
-        reward_funcs=VerifierReward(LengthParity()),
+        reward_funcs=VerifierReward(RolloutRewards(LengthParity())),
         args=TRLGRPOConfig(**args),
         train_dataset=Dataset.from_dict(
             {"prompt": prompts, "answer": problems["answer"].to_list(), "problem_id": problems["problem_id"].to_list()}

@@ -67,8 +67,8 @@ def test_every_arm_of_every_seed_is_evaluated_at_every_step(experiment):
     expected = {(s, p, a) for s in (0, 1) for p, arms in (("clean", ARMS), ("coin_flip", COIN_FLIP_ARMS)) for a in arms}
     assert {(s, p, a) for s, p, a, _ in per_run.iter_rows()} == expected
     assert all(steps == [0, 1, 2] for steps in per_run["step"].to_list())
-    full = accuracy.filter(pl.col("eval_set") == "full")
-    assert set(full["step"]) == {0, 2}  # the full mix at the start and the end
+    for name in ("off_target", "pool_weighted"):  # at the start and the end
+        assert set(accuracy.filter(pl.col("eval_set") == name)["step"]) == {0, 2}
     # every arm of a seed starts from the same warm-up policy, evaluated once with the same samples
     start = target.filter(pl.col("step") == 0).group_by("seed").agg(pl.col("accuracy").n_unique())
     assert (start["accuracy"] == 1).all()

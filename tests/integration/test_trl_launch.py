@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from testing_utils import grpo_stage_resources
 
 from learnalign_pipeline.core.data.arithmetic import arithmetic_frame
+from learnalign_pipeline.core.data.noise import mark_noisy
 from learnalign_pipeline.core.policy.model import TinyPolicyConfig, build_model, save_policy
 from learnalign_pipeline.core.storage.artifacts import Checkpoint
 from learnalign_pipeline.core.task.prompts import render
@@ -46,7 +47,7 @@ def start(tokenizer, tmp_path_factory) -> Path:
     return path
 
 
-def _train(start: Path, root: Path, processes: int) -> tuple[dg.AssetMaterialization, list[str]]:
+def _train(start: Path, root: Path, processes: int, problems=PROBLEMS) -> tuple[dg.AssetMaterialization, list[str]]:
     @dg.asset(name="tiny_grpo_policy")
     def tiny_grpo_policy(
         context: dg.AssetExecutionContext,
@@ -60,7 +61,7 @@ def _train(start: Path, root: Path, processes: int) -> tuple[dg.AssetMaterializa
             steps=3, problems_per_step=4, num_samples=4, learning_rate=LEARNING_RATE, checkpoint_every=0
         )
         policy = Checkpoint(start)
-        return grpo_stage(context, config, task, grpo_loss, trainer, compute, store, policy, policy, PROBLEMS)
+        return grpo_stage(context, config, task, grpo_loss, trainer, compute, store, policy, policy, problems)
 
     artifacts = str(root / "artifacts")
     (root / "instance").mkdir()
@@ -125,3 +126,14 @@ def test_steps_and_checkpoint_come_back_as_events_and_metadata(runs):
         steps and steps[-1].startswith("run 1/1 GRPO step 3/3: ") and "kl=" in steps[-1] and "reward_mean=" in steps[-1]
     )
     assert runs[1][0].metadata["reward_first_step"].value == metadata["reward_first_step"]  # same rollouts
+
+
+def test_the_launched_training_rewards_coin_flip_problems_with_coins(start, runs, tmp_path):
+    """The Pipes launch decides rewards by the same rule as everything else: on the same 8 problems with every reward
+    a coin, the launched run's reward trace is no longer the clean run's, and its mean is about 0.5."""
+    coins = mark_noisy(PROBLEMS, 1.0, "coin_flip", seed=0)
+    materialization, _ = _train(start, tmp_path, 1, coins)
+    rewards = [r.data["reward_mean"] for r in materialization.metadata["training_log"].records]
+    clean = [r.data["reward_mean"] for r in runs[1][0].metadata["training_log"].records]
+    assert rewards != clean
+    assert abs(sum(rewards) / len(rewards) - 0.5) < 0.2  # 3 steps x 4 problems x 4 rollouts: SE 0.07

@@ -3,7 +3,8 @@ coin-flip rewards.
 
 A wrong-gold problem keeps its question; its `answer` is replaced, its id is recomputed from the new (prompt,
 answer) pair like any other problem. A coin-flip problem keeps its question, gold and id; every rollout's reward
-is a fair coin keyed by (problem, rollout seed) (`task/verify.py` CoinFlipVerifier, applied by `sample_rollouts`).
+is a fair coin keyed by (problem, rollout seed) (`task/verify.py` RolloutRewards, built from the table by
+`rollout_rewards` for every consumer: scoring rollouts, GRPO training, the curriculum; benchmarks build it clean).
 Either way its `extra` JSON records `"noisy": true`, the kind and the clean answer, so every later table can report
 how many noisy problems it holds. Which problems are noisy is drawn with its own hash purpose, independent of
 Random's draw even for equal seeds.
@@ -18,6 +19,7 @@ from typing import Literal
 import polars as pl
 
 from ..storage.hashing import problem_id, seeded_uniform
+from ..task.verify import RolloutRewards, Verifier
 
 NoiseKind = Literal["wrong", "random", "coin_flip"]
 
@@ -83,3 +85,9 @@ def coin_flip_ids(problems: pl.DataFrame) -> frozenset[str]:
         return frozenset()
     kinds = problems["extra"].str.json_path_match("$.noise_kind")
     return frozenset(problems.filter(kinds.eq("coin_flip").fill_null(False))["problem_id"].to_list())
+
+
+def rollout_rewards(problems: pl.DataFrame, verifier: Verifier, *, clean: bool = False) -> RolloutRewards:
+    """The reward rule of `problems`' table: coin flips for the problems it marks as coin-flip, `verifier` for the
+    rest. `clean=True` ignores the marks (benchmarks measure the policy, never the noise)."""
+    return RolloutRewards(verifier, frozenset() if clean else coin_flip_ids(problems))

@@ -32,7 +32,7 @@ from ..data.noise import mark_noisy, noisy_flags
 from ..policy.generation import SamplingSpec, TransformersBackend
 from ..policy.rollouts import reward_rollouts, sample_rollouts, success_rates
 from ..selection.config import FeatureConfig
-from ..selection.curriculum import CurriculumConfig, GradAlignScorer, curriculum_chunk, gradalign_scoring, score_chunk
+from ..selection.curriculum import CurriculumConfig, GradAlignScorer, ShortfallRule, gradalign_scoring, score_round
 from ..selection.features import features_for_rates
 from ..selection.methods import SelectionSignals, method_scores
 from ..selection.scoring import learnability, top_n, unit_rows
@@ -52,6 +52,7 @@ ARMS = (
     "gradalign_static",
     "gradalign_curriculum",
     "zero_variance",
+    "clean_half_oracle",
 )
 # Selection rule of each static arm (core/selection/methods.py); seeded rules draw with the seed's own stream.
 RULES = {
@@ -61,7 +62,9 @@ RULES = {
     "accgreedy": "accgreedy",
     "gradalign_static": "gradalign",
     "zero_variance": "zero_variance",
+    "clean_half_oracle": "random",  # Random among the problems whose rewards are not coins: H3's ceiling
 }
+ORACLE = "clean_half_oracle"
 POOLS = ("clean", "coin_flip")
 
 
@@ -76,18 +79,19 @@ class ExperimentDataConfig:
     heldout_generated: int = setting(3000, "held-out problems generated (the sets below are cut from them)")
     target_size: int = setting(300, "held-out problems of the mix's target cells: the primary evaluation set")
     validation_size: int = setting(64, "the next held-out target-cell problems: GradAlign's trusted validation set")
-    full_size: int = setting(300, "held-out problems of the whole mix (not in the sets above): secondary evaluation")
+    off_target_size: int = setting(300, "held-out problems of the mix's other cells: forgetting off-target")
     coin_flip_share: float = setting(0.5, "share of the coin-flip pool whose rewards are coins (GradAlign: 50%)")
     noise_seed: int = setting(0, "seed choosing the coin-flip problems")
 
     def __post_init__(self) -> None:
         require_finite(self)
         require(0 <= self.coin_flip_share <= 1, "coin_flip_share", "must be in [0, 1]")
-        require(self.target_size >= 1 and self.full_size >= 1, "target_size", "evaluation sets must not be empty")
+        require(self.target_size >= 1 and self.off_target_size >= 1, "target_size", "evaluation sets must not be empty")
 
 
 def experiment_problems(config: ExperimentDataConfig) -> pl.DataFrame:
-    """One table, the problem schema plus `role`: pool, pool_coin_flip, target, validation, full."""
+    """One table, the problem schema plus `role`: pool, pool_coin_flip, target (held-out target cells), validation
+    (the next target-cell rows), off_target (held-out rows of every other cell)."""
     mix = MIXES[config.mix]
     pool = arithmetic_frame(config.pool_size, config.pool_seed, "pool", mix=mix)
     heldout = arithmetic_frame(
@@ -99,24 +103,43 @@ def experiment_problems(config: ExperimentDataConfig) -> pl.DataFrame:
     target_rows = heldout.filter(targeted)
     target = target_rows.head(config.target_size)
     validation = target_rows.slice(config.target_size, config.validation_size)
-    taken = set(target["problem_id"]) | set(validation["problem_id"])
-    full = heldout.filter(~pl.col("problem_id").is_in(list(taken))).head(config.full_size)
+    off_target = heldout.filter(~targeted).head(config.off_target_size)
     if target.height < config.target_size or validation.height < config.validation_size:
         raise ValueError(f"only {target_rows.height} held-out target problems: raise heldout_generated")
+    if off_target.height < config.off_target_size:
+        raise ValueError(f"only {off_target.height} held-out off-target problems: raise heldout_generated")
     coin = mark_noisy(pool, config.coin_flip_share, "coin_flip", config.noise_seed)
-    parts = [(pool, "pool"), (coin, "pool_coin_flip"), (target, "target"), (validation, "validation"), (full, "full")]
+    parts = [
+        (pool, "pool"),
+        (coin, "pool_coin_flip"),
+        (target, "target"),
+        (validation, "validation"),
+        (off_target, "off_target"),
+    ]
     return pl.concat([frame.with_columns(pl.lit(role).alias("role")) for frame, role in parts])
+
+
+def target_share(pool: pl.DataFrame, target: pl.DataFrame) -> float:
+    """The share of the pool in the target set's cells: the weight of the target set's accuracy in the pool-weighted
+    estimate of the whole distribution (the off-target set's weight is the rest)."""
+    return float(cell_of(pool).is_in(cell_of(target).unique().to_list()).mean())
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Seeds, arms, equal compute per arm and the evaluation. The defaults are the pre-registered design
-    (docs/results.md); GRPO's loss, learning rate and KL reference come from the pipeline's GRPO settings."""
+    (docs/results.md); GRPO's loss and KL reference come from the pipeline's GRPO settings, the learning rate from
+    here (calibrated on the warm-up alone: scripts/calibrate_warmup_lr.py)."""
 
     seeds: list[int] = setting(list(range(8)), "full-pipeline seeds")
-    arms: list[str] = setting(list(ARMS), "arms trained on the clean pool")
+    arms: list[str] = setting([a for a in ARMS if a != ORACLE], "arms trained on the clean pool")
     coin_flip_arms: list[str] = setting(
-        ["random", "gradalign_static", "gradalign_curriculum"], "arms trained on the coin-flip pool"
+        ["random", "accuracy_band", "gradalign_curriculum", ORACLE], "arms trained on the coin-flip pool"
+    )
+    learning_rate: float = setting(
+        1e-4,
+        "GRPO learning rate of the warm-up and every arm: the largest at which the warm-up alone does not lower "
+        "sampled pass@1 on the pool (scripts/calibrate_warmup_lr.py; never chosen by looking at the arms)",
     )
     budget: int = setting(128, "N: problems each static arm selects")
     steps: int = setting(24, "GRPO steps per arm (equal compute)")
@@ -128,9 +151,13 @@ class ExperimentConfig:
     warmup_steps: int = setting(4, "warm-up GRPO steps (x problems_per_step x num_samples)")
     gradalign_scorer: GradAlignScorer = setting("released", "GradAlign's scorer: released (its code's) or ours")
     curriculum_rounds: int = setting(3, "GradAlign rounds; each trains steps / rounds steps")
-    curriculum_chunk: int = setting(256, "M: candidates each round scores")
-    curriculum_keep: int = setting(32, "M/q: candidates each round keeps")
-    validation_samples: int = setting(8, "k_v: rollouts per validation problem")
+    curriculum_chunk: int = setting(512, "M: candidates each round scores")
+    curriculum_keep: int = setting(32, "M/q: candidates each round keeps (at most those that carry a gradient)")
+    curriculum_shortfall: ShortfallRule = setting(
+        "draw_more", "a round with fewer candidates with a gradient than the keep: draw_more or keep_fewer"
+    )
+    curriculum_samples: int = setting(16, "k_r: rollouts per curriculum candidate")
+    validation_samples: int = setting(16, "k_v: rollouts per validation problem")
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -152,20 +179,23 @@ class SeedResult:
     diagnostics: pl.DataFrame  # seed, metric, group, value
 
 
-def _signals(rates: pl.DataFrame, features: torch.Tensor, validation: torch.Tensor | None = None) -> SelectionSignals:
+def _signals(
+    rates: pl.DataFrame, features: torch.Tensor, norm_floor: float, validation: torch.Tensor | None = None
+) -> SelectionSignals:
     if validation is not None and validation.shape[1] != features.shape[1]:
         # one side had no problem with 0 < p < 1, hence no gradient at all: zeros of the other side's width
         if validation.shape[1] == 0:
             validation = torch.zeros(validation.shape[0], features.shape[1])
         elif features.shape[1] == 0:
             features = torch.zeros(features.shape[0], validation.shape[1])
-    unit, norms = unit_rows(features)
+    unit, norms = unit_rows(features, norm_floor)
     return SelectionSignals(
         problem_ids=rates["problem_id"].to_list(),
         success_rate=torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float64),
         unit_features=unit,
         norms=norms,
         validation_features=validation,
+        norm_floor=norm_floor,
     )
 
 
@@ -177,6 +207,7 @@ class _Seed:
         self.config, self.grpo, self.features, self.task, self.log = config, grpo, features, task, log
         self.role = {r: problems.filter(pl.col("role") == r).drop("role") for r in problems["role"].unique().to_list()}
         self.pools = {"clean": self.role["pool"], "coin_flip": self.role["pool_coin_flip"]}
+        self.target_share = target_share(self.role["pool"], self.role["target"])
         self.verifier, self.template = task.make_verifier(), task.prompt_format()
         self.loss = grpo.loss(task.max_new_tokens)
         # training's KL reference: the base policy when configured so, else (None) a copy of each run's start
@@ -184,13 +215,20 @@ class _Seed:
         self.eval_seed = self.stream("evaluation")  # every arm and step of the seed: common random numbers
         self.seconds: dict[str, float] = {}
         self.selections: list[pl.DataFrame] = []
+        self.rounds: list[pl.DataFrame] = []  # the curriculum's per-round report (diagnostics rows)
 
     def stream(self, purpose: str) -> int:
         """An independent seed per purpose of this pipeline seed."""
         return derived_seed(self.seed, purpose)
 
     def grpo_run(self, **overrides) -> GRPOConfig:
-        return dataclasses.replace(self.grpo, checkpoint_every=0, num_samples=self.config.num_samples, **overrides)
+        return dataclasses.replace(
+            self.grpo,
+            checkpoint_every=0,
+            num_samples=self.config.num_samples,
+            learning_rate=self.config.learning_rate,
+            **overrides,
+        )
 
     @contextmanager
     def timed(self, part: str):
@@ -199,8 +237,9 @@ class _Seed:
         self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
 
     def evaluate(self, model, step: int) -> list[dict]:
-        """Sampled pass@1 on the target set, and on the full mix at the start and the last step."""
-        sets = ("target", "full") if step in (0, self.config.steps) else ("target",)
+        """Sampled pass@1 on the target set; at the start and the last step also on the off-target set and the
+        pool-weighted estimate of the whole distribution (`pool_weighted`)."""
+        sets = ("target", "off_target") if step in (0, self.config.steps) else ("target",)
         spec = SamplingSpec(self.config.eval_samples, 1.0, 1.0, self.task.max_new_tokens)
         rows = []
         with self.timed("evaluation"):
@@ -218,6 +257,18 @@ class _Seed:
                         "num_samples": samples,
                     }
                 )
+        if len(rows) == 2:
+            share = self.target_share
+            estimate = share * rows[0]["accuracy"] + (1 - share) * rows[1]["accuracy"]
+            rows.append(
+                {
+                    "step": step,
+                    "eval_set": "pool_weighted",
+                    "accuracy": estimate,
+                    "num_correct": None,
+                    "num_samples": None,
+                }
+            )
         return rows
 
     def warm_up(self):
@@ -278,6 +329,10 @@ class _Seed:
     def select(self, pool: str, arm: str, signals: SelectionSignals, rates: pl.DataFrame) -> pl.DataFrame:
         """The arm's N problems on `pool` (recorded with their cells, p, scores and noisy flags)."""
         scores = method_scores(RULES[arm], signals, self.stream(arm))
+        if arm == ORACLE:  # the noisy problems score below every clean one (they fill only a budget too large)
+            table = self.pools[pool]
+            noisy = set(table.filter(noisy_flags(table))["problem_id"].to_list())
+            scores = torch.where(torch.tensor([i in noisy for i in signals.problem_ids]), scores - 2.0, scores)
         picked = top_n(scores, signals.problem_ids, self.config.budget)
         chosen = pl.DataFrame({"problem_id": [signals.problem_ids[i] for i in picked]})
         chosen = chosen.join(self.pools[pool], on="problem_id", how="left", maintain_order="left")
@@ -308,21 +363,20 @@ class _Seed:
         spec = CurriculumConfig(
             chunk_size=config.curriculum_chunk,
             keep=config.curriculum_keep,
-            candidate_samples=config.num_samples,
+            candidate_samples=config.curriculum_samples,
             validation_samples=config.validation_samples,
             method="gradalign",
             seed=self.stream("curriculum"),
             scorer=config.gradalign_scorer,
+            shortfall=config.curriculum_shortfall,
         )
         for r in range(config.curriculum_rounds):
-            ids = curriculum_chunk(problems["problem_id"].to_list(), spec.chunk_size, r, spec.seed)
-            chunk = problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
             ref = (self.reference if self.reference is not None else model) if self.loss.beta else None
-            scored = score_chunk(
+            scored = score_round(
                 model,
                 ref,
                 self.tokenizer,
-                chunk,
+                problems,
                 self.role["validation"],
                 self.verifier,
                 self.loss,
@@ -336,10 +390,23 @@ class _Seed:
             self.selections.append(
                 _selection_frame(self.seed, pool, "gradalign_curriculum", r + 1, subset, kept, kept["score"].to_list())
             )
+            report = scored.row(0, named=True)
+            self.rounds.append(
+                pl.DataFrame(
+                    {
+                        "seed": self.seed,
+                        "metric": [f"curriculum_{m}" for m in ("chunks_scored", "with_gradient", "kept")],
+                        "group": f"{pool}/round{r + 1}/{report['shortfall']}",
+                        "value": [float(report[m]) for m in ("chunks_scored", "with_gradient", "kept")],
+                    }
+                )
+            )
+            self.log(f"seed {self.seed} {pool} curriculum round {r + 1}: kept {report['kept']} ({report['shortfall']})")
             run = self.grpo_run(
                 steps=per_round, problems_per_step=config.problems_per_step, seed=self.stream("training") + r
             )
-            model = self.train(model, subset, run)
+            if subset.height:  # nothing carried a gradient anywhere in the pool: the round trains nothing
+                model = self.train(model, subset, run)
             if per_round * (r + 1) in config.eval_steps:
                 rows += self.evaluate(model, per_round * (r + 1))
         return rows
@@ -397,7 +464,7 @@ def run_seed(
         for arm in RULES:
             rates, feats = theirs[pool] if arm == "gradalign_static" else ours[pool]
             validation_features = v_features if arm == "gradalign_static" else None
-            subsets[arm] = s.select(pool, arm, _signals(rates, feats, validation_features), rates)
+            subsets[arm] = s.select(pool, arm, _signals(rates, feats, features.norm_floor, validation_features), rates)
         for arm in config.arms if pool == "clean" else config.coin_flip_arms:
             with s.timed(f"train_{pool}"):
                 rows = (
@@ -414,8 +481,55 @@ def run_seed(
     return SeedResult(
         accuracy=pl.DataFrame(accuracy).select(columns),
         selections=pl.concat(s.selections),
-        diagnostics=_diagnostics(seed, ours["clean"], s.pools["clean"], s.seconds),
+        diagnostics=pl.concat(
+            [_diagnostics(seed, ours["clean"], s.pools["clean"], s.seconds, features.norm_floor), *s.rounds],
+            how="vertical_relaxed",
+        ),
     )
+
+
+def warmup_calibration(
+    seeds: list[int],
+    learning_rates: list[float],
+    base_model,
+    tokenizer,
+    problems: pl.DataFrame,
+    config: ExperimentConfig,
+    grpo: GRPOConfig,
+    features: FeatureConfig,
+    task: TaskConfig,
+    log: Callable[[str], None] = lambda message: None,
+) -> pl.DataFrame:
+    """The learning-rate calibration, on the warm-up alone (no arm is trained or looked at): per seed and lr, sampled
+    pass@1 (n = eval_samples, T = 1) on the whole clean pool before and after that seed's warm-up (the experiment's
+    own `_Seed.warm_up`: its subset, steps and seed streams), with common random numbers. One row per (seed, lr)."""
+    rows = []
+    spec = SamplingSpec(config.eval_samples, 1.0, 1.0, task.max_new_tokens)
+    for seed in seeds:
+        before = None
+        for lr in learning_rates:
+            s = _Seed(seed, base_model, tokenizer, problems, dataclasses.replace(config, learning_rate=lr), grpo,
+                      features, task, log)  # fmt: skip
+            pool, eval_seed = s.pools["clean"], s.stream("calibration")
+
+            def sampled(model, pool=pool, eval_seed=eval_seed, s=s) -> float:
+                backend = TransformersBackend(model, tokenizer)
+                return pass_at_1(backend, pool, s.verifier, s.template, spec, "policy", "pool", eval_seed)[0].accuracy
+
+            before = sampled(base_model) if before is None else before
+            after = sampled(s.warm_up())
+            rows.append({"seed": seed, "learning_rate": lr, "before": before, "after": after,
+                         "delta_points": 100 * (after - before)})  # fmt: skip
+            log(f"seed {seed} lr {lr:g}: sampled pass@1 on the pool {100 * before:.1f} -> {100 * after:.1f}")
+    return pl.DataFrame(rows)
+
+
+def calibrated_learning_rate(calibration: pl.DataFrame) -> float | None:
+    """The rule: the largest learning rate at which the warm-up does not lower sampled pass@1 on the pool, on
+    average over seeds (mean change >= 0 points); None when every one lowers it (try smaller ones)."""
+    means = calibration.group_by("learning_rate").agg(pl.col("delta_points").mean())
+    passing = means.filter(pl.col("delta_points") >= 0)["learning_rate"]
+    return float(passing.max()) if passing.len() else None
 
 
 def _selection_frame(
@@ -439,7 +553,7 @@ def _selection_frame(
 
 
 def _diagnostics(
-    seed: int, signals: tuple[pl.DataFrame, torch.Tensor], pool: pl.DataFrame, seconds: dict
+    seed: int, signals: tuple[pl.DataFrame, torch.Tensor], pool: pl.DataFrame, seconds: dict, norm_floor: float
 ) -> pl.DataFrame:
     """What explains a null result without training: the p histogram and p classes per family and cell,
     Spearman(LearnAlign score, V) among learnable problems, the mean gradient cosine within vs between families, and
@@ -474,7 +588,7 @@ def _diagnostics(
         {"metric": m, "group": "pool", "value": float(v)}
         for m, v in (("p0", (p == 0).mean()), ("learnable", ((p > 0) & (p < 1)).mean()), ("p1", (p == 1).mean()))
     ]
-    signals_ = _signals(rates, feats)
+    signals_ = _signals(rates, feats, norm_floor)
     score = method_scores("learnalign", signals_)
     v = learnability(signals_.success_rate)
     active = (v > 0).nonzero().flatten().tolist()
@@ -504,28 +618,36 @@ def _diagnostics(
 CONFIRMATORY = (
     ("clean", "learnalign", "random"),
     ("clean", "learnalign", "accuracy_band"),
-    ("coin_flip", "gradalign_curriculum", "random"),
+    ("coin_flip", "gradalign_curriculum", "accuracy_band"),  # H3: the rule noise fools most is the comparator
 )
 POWER_CHECK = ("clean", "zero_variance", "random")
+SECONDARY_SETS = ("off_target", "pool_weighted")  # evaluated at the start and the last step
 
 
 def contrasts(config_arms: list[str], coin_flip_arms: list[str]) -> list[tuple[str, str, str, str]]:
-    """(family, pool, arm, comparator) of every reported contrast: the confirmatory three, the power check, and every
-    other arm against Random on each pool (secondary)."""
-    out = [("confirmatory", *c) for c in CONFIRMATORY if c[1] in (config_arms if c[0] == "clean" else coin_flip_arms)]
+    """(family, pool, arm, comparator) of every reported contrast: the confirmatory three, the power check, every
+    other arm against Random on each pool (secondary), and the curriculum against the clean-half oracle (ceiling)."""
+    out = [
+        ("confirmatory", *c)
+        for c in CONFIRMATORY
+        if {c[1], c[2]} <= set(config_arms if c[0] == "clean" else coin_flip_arms)
+    ]
     if POWER_CHECK[1] in config_arms:
         out.append(("power_check", *POWER_CHECK))
     taken = {(p, a, b) for _, p, a, b in out}
     for pool, arms in (("clean", config_arms), ("coin_flip", coin_flip_arms)):
         out += [("secondary", pool, a, "random") for a in arms if a != "random" and (pool, a, "random") not in taken]
+    if {"gradalign_curriculum", ORACLE} <= set(coin_flip_arms):  # how far from knowing the coins (no test)
+        out.append(("ceiling", "coin_flip", "gradalign_curriculum", ORACLE))
     return out
 
 
 def analyze(accuracy: pl.DataFrame, selections: pl.DataFrame, eval_set: str = "target") -> pl.DataFrame:
     """One row per contrast: paired differences (arm - comparator, in accuracy points) over seeds at the last step,
     their mean, 95% t-interval, exact sign-flip p, Holm-adjusted p within its family (confirmatory, secondary),
-    the mean over evaluated steps (area under the curve), the full-mix difference at the last step, the steps the arm
-    needs to reach the comparator's final accuracy (median over seeds), and the minimum detectable effect."""
+    the mean over evaluated steps (area under the curve), the off-target and pool-weighted (whole distribution)
+    differences at the last step, the steps the arm needs to reach the comparator's final accuracy (median over
+    seeds), and the minimum detectable effect."""
     last = int(accuracy["step"].max())
     arms = {pool: accuracy.filter(pl.col("pool") == pool)["arm"].unique().to_list() for pool in POOLS}
     rows = []
@@ -546,7 +668,7 @@ def analyze(accuracy: pl.DataFrame, selections: pl.DataFrame, eval_set: str = "t
         diffs = [100 * (final_a[s] - final_b[s]) for s in seeds]
         summary = paired_summary(diffs)
         auc_a, auc_b = per_seed(arm, None), per_seed(other, None)
-        full_a, full_b = per_seed(arm, last, "full"), per_seed(other, last, "full")
+        at_last = {name: (per_seed(arm, last, name), per_seed(other, last, name)) for name in SECONDARY_SETS}
         reach = []
         for s in seeds:
             curve = frame.filter(
@@ -567,9 +689,10 @@ def analyze(accuracy: pl.DataFrame, selections: pl.DataFrame, eval_set: str = "t
                 "ci_high": summary.ci_high,
                 "p_sign_flip": summary.p_sign_flip,
                 "auc_points": 100 * sum(auc_a[s] - auc_b[s] for s in seeds) / len(seeds),
-                "full_mix_points": 100 * sum(full_a[s] - full_b[s] for s in seeds) / len(seeds)
-                if full_a and full_b
-                else None,
+                **{
+                    f"{name}_points": 100 * sum(a[s] - b[s] for s in seeds) / len(seeds) if a and b else None
+                    for name, (a, b) in at_last.items()
+                },
                 "median_steps_to_comparator_final": sorted(reach)[len(reach) // 2],
                 "seeds_reaching_it": sum(math.isfinite(r) for r in reach),
                 "mde_points": minimum_detectable_effect(summary.sd, len(seeds)),
@@ -597,6 +720,8 @@ def verdict(row: dict) -> str:
     """The pre-registered reading of one contrast."""
     if row["family"] == "power_check":
         return "has power" if row["mean_points"] < 0 and row["ci_high"] < 0 else "NO POWER: change the design and rerun"
+    if row["family"] == "ceiling":
+        return "descriptive: the distance to knowing which rewards are coins"
     excludes = row["ci_low"] > 0 or row["ci_high"] < 0
     significant = row["p_holm"] is not None and row["p_holm"] < 0.05
     if excludes and significant:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..data.noise import coin_flip_ids
+from ..data.noise import rollout_rewards
 from ..task.prompts import PromptFormat
-from ..task.verify import CoinFlipVerifier, Verifier, score_rollouts
+from ..task.verify import Verifier
 from .generation import GenerationBackend, SamplingSpec, prompt_seeds, with_stop_strings
 
 ROLLOUT_SCHEMA = {
@@ -28,10 +28,13 @@ def sample_rollouts(
     verifier: Verifier,
     template: str | PromptFormat,
     base_seed: int,
+    *,
+    clean: bool = False,
 ) -> pl.DataFrame:
-    """One row per (problem, sample) with the completion, its token ids and its reward. Problems the table marks
-    as coin-flip (data/noise.py) get a fair coin per rollout instead of the verifier's reward: every stage that
-    samples (warm-up, scoring, training, curriculum) goes through here, so none can forget the noise."""
+    """One row per (problem, sample) with the completion, its token ids and its reward, decided by the table's
+    reward rule (`data/noise.py` rollout_rewards: a fair coin per rollout for problems marked coin-flip, unless
+    `clean`, as benchmarks ask). GRPO training scores its own rollouts through the same rule
+    (`training/trl_engine.py` VerifierReward)."""
     ids = problems["problem_id"].to_list()
     fmt = template if isinstance(template, PromptFormat) else PromptFormat(template)
     tokenizer = getattr(backend, "tokenizer", None)  # only a chat format needs it
@@ -49,20 +52,19 @@ def sample_rollouts(
             rows["num_tokens"].append(len(c.token_ids))
             rows["finish_reason"].append(c.finish_reason)
     frame = pl.DataFrame({**rows, "reward": [0.0] * len(rows["completion"])}, schema=ROLLOUT_SCHEMA)
-    return reward_rollouts(frame, problems, verifier)
+    return reward_rollouts(frame, problems, verifier, clean=clean)
 
 
-def reward_rollouts(rollouts: pl.DataFrame, problems: pl.DataFrame, verifier: Verifier) -> pl.DataFrame:
+def reward_rollouts(
+    rollouts: pl.DataFrame, problems: pl.DataFrame, verifier: Verifier, *, clean: bool = False
+) -> pl.DataFrame:
     """`rollouts` with every reward computed from `problems`' table: the verifier against each gold, or a coin per
     rollout for problems the table marks as coin-flip (data/noise.py). Re-rewarding the same samples under another
     table (a pool where some problems got coin-flip rewards) needs no new generation."""
     golds = dict(zip(problems["problem_id"].to_list(), problems["answer"].to_list()))
     ids = rollouts["problem_id"].to_list()
-    flagged = coin_flip_ids(problems)
-    if flagged:
-        verifier = CoinFlipVerifier(verifier, flagged)
-    rewards = score_rollouts(
-        verifier, ids, rollouts["seed"].to_list(), rollouts["completion"].to_list(), [golds[i] for i in ids]
+    rewards = rollout_rewards(problems, verifier, clean=clean)(
+        ids, rollouts["seed"].to_list(), rollouts["completion"].to_list(), [golds[i] for i in ids]
     )
     return rollouts.with_columns(pl.Series("reward", rewards, dtype=pl.Float32))
 

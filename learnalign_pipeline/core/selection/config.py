@@ -10,6 +10,7 @@ from ..settings import require, require_finite, setting
 from .capture import Scope
 from .methods import METHODS
 from .projection import DenseProjector, KroneckerProjector, Projector
+from .scoring import GRADALIGN_NORM_FLOOR
 
 BackendName = Literal["transformers", "vllm"]
 SelectionMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -55,6 +56,11 @@ class FeatureConfig:
     scope: Scope = setting("all_linear", "which linear layers count: all_linear, last_blocks or attention")
     last_blocks: int = setting(1, "with scope=last_blocks: how many final blocks")
     seed: int = setting(0, "projection seed")
+    norm_floor: float = setting(
+        GRADALIGN_NORM_FLOOR,
+        "normalization g / (|g| + norm_floor) wherever a method normalizes gradients (GradAlign's released code: "
+        "1e-5); a gradient that is zero but for round-off (identical completions) scores about 0, not as a unit vector",
+    )
     problems_per_batch: int = setting(
         4, "expected problems per batched forward/backward (content-defined batches; at most 8x this)"
     )
@@ -82,6 +88,7 @@ class FeatureConfig:
         for name in ("kronecker_in", "kronecker_out", "dense_width_per_layer", "last_blocks", "problems_per_batch"):
             require(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         require(self.memory_budget_gib is None or self.memory_budget_gib > 0, "memory_budget_gib", "must be > 0")
+        require(self.norm_floor > 0, "norm_floor", "must be > 0 (it keeps zero gradients zero)")
         require(self.output_width is None or self.output_width >= 1, "output_width", "must be None or >= 1")
 
     @property

@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from ..storage import hashing
-from .scoring import learnability, learnalign_scores, top_n
+from .scoring import GRADALIGN_NORM_FLOOR, learnability, learnalign_scores, normalized, top_n
 
 
 class MissingSignal(ValueError):
@@ -53,6 +53,7 @@ class SelectionSignals:
     response_tokens: torch.Tensor | None = None  # mean completion length of the rollouts
     perplexity: torch.Tensor | None = None  # PPL(reference answer | question) under the scoring policy
     unconditional_perplexity: torch.Tensor | None = None  # PPL(reference answer) without the question
+    norm_floor: float = GRADALIGN_NORM_FLOOR  # g / (|g| + floor) wherever a rule normalizes (FeatureConfig.norm_floor)
     extra: dict = field(default_factory=dict)
 
     def need(self, name: str, method: str) -> torch.Tensor:
@@ -100,30 +101,26 @@ def learnalign_no_warmup(signals: SelectionSignals) -> torch.Tensor:
 # ---- GradAlign (§4.2, §4.6) --------------------------------------------------------------------------------------
 
 
-def _unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    return x / x.norm().clamp(min=eps)
-
-
 def gradalign(signals: SelectionSignals) -> torch.Tensor:
     """GradAlign `sim`: s_x = cos(g_x, g_V) with g_V = sum_v g_v (raw validation gradients summed, normalized once).
     Candidates with p in {0, 1} have no gradient and score 0."""
     g_v = signals.need("validation_features", "gradalign").sum(0)
-    return signals.need("unit_features", "gradalign") @ _unit(g_v)
+    return signals.need("unit_features", "gradalign") @ normalized(g_v, signals.norm_floor)
 
 
 def gradalign_dot(signals: SelectionSignals) -> torch.Tensor:
     """GradAlign `dot`: s_x = <g_x, g_V / |g_V|> (the candidate is not normalized, so large gradients win)."""
     g_v = signals.need("validation_features", "gradalign_dot").sum(0)
     phi = signals.need("unit_features", "gradalign_dot") * signals.need("norms", "gradalign_dot").unsqueeze(1)
-    return phi @ _unit(g_v)
+    return phi @ normalized(g_v, signals.norm_floor)
 
 
 def gradalign_unit_mean(signals: SelectionSignals) -> torch.Tensor:
     """GradAlign with `norm_before_accumulation`: s_x = cos(g_x, sum_v g_v / |g_v|), every validation problem
     weighted equally instead of by its gradient norm; equals the mean over v of cos(g_x, g_v) up to a constant."""
     val = signals.need("validation_features", "gradalign_unit_mean")
-    unit_val = val / val.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return signals.need("unit_features", "gradalign_unit_mean") @ _unit(unit_val.sum(0))
+    unit_val = val / (val.norm(dim=1, keepdim=True) + signals.norm_floor)
+    return signals.need("unit_features", "gradalign_unit_mean") @ normalized(unit_val.sum(0), signals.norm_floor)
 
 
 def gradalign_learnability(signals: SelectionSignals) -> torch.Tensor:

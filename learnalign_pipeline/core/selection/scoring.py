@@ -15,10 +15,26 @@ def learnability(success_rate: torch.Tensor) -> torch.Tensor:
     return success_rate * (1 - success_rate)
 
 
-def unit_rows(features: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows scaled to unit norm, norms); an all-zero row stays zero instead of dividing by zero."""
+# GradAlign's released code normalizes a gradient as g / (|g| + 1e-5): a gradient that is zero but for round-off
+# (identical completions: the advantages sum to 0) scores about 0 instead of becoming a unit vector.
+GRADALIGN_NORM_FLOOR = 1e-5
+
+
+def unit_rows(features: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows / (norm + floor), norms): unit length for real gradients, about 0 for rows not far above `floor`
+    (round-off), exactly 0 for zero rows (FeatureConfig.norm_floor)."""
     norms = features.float().norm(dim=1)
-    return features.float() / norms.clamp(min=eps).unsqueeze(1), norms
+    return features.float() / (norms + floor).unsqueeze(1), norms
+
+
+def normalized(vector: torch.Tensor, floor: float) -> torch.Tensor:
+    """One vector / (norm + floor), the same rule as `unit_rows`."""
+    return vector / (vector.norm() + floor)
+
+
+def carries_gradient(norms: torch.Tensor, floor: float) -> torch.Tensor:
+    """Which rows have a gradient above the norm floor (the others are zero or round-off and score about 0)."""
+    return norms > floor
 
 
 def learnalign_scores(

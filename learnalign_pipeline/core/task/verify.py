@@ -86,37 +86,29 @@ class NumericVerifier:
 VERIFIERS = ("numeric_flexible", "numeric_strict", "math_verify")
 
 
-class CoinFlipVerifier:
-    """Unreliable rewards (GradAlign's regime 1): for the problems in `flagged` every rollout's reward is a fair coin
-    keyed by (problem, rollout seed), so it is reproducible and independent of the completion; the other problems
-    are scored by `inner`. Everything else (name, statistics) is the inner verifier's."""
+@dataclass(frozen=True)
+class RolloutRewards:
+    """The one rule that decides a rollout's reward: a fair coin keyed by (problem, rollout seed) for the problems in
+    `coin_flip` (unreliable rewards, GradAlign's regime 1: reproducible and independent of the completion), the
+    verifier against the gold for every other problem. Every consumer scores through it: the rollout stage and the
+    curriculum (`policy/rollouts.py`), GRPO through TRL in process and launched (`training/trl_engine.py`), and
+    benchmarks, which build it clean (`data/noise.py` `rollout_rewards`)."""
 
-    def __init__(self, inner: Verifier, flagged: frozenset[str]):
-        self.inner, self.flagged = inner, flagged
+    verifier: Verifier
+    coin_flip: frozenset[str] = frozenset()
 
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    @property
+    def name(self) -> str:
+        return self.verifier.name
 
-    def score_batch(self, completions: list[str], golds: list[str]) -> list[float]:
-        return self.inner.score_batch(completions, golds)
-
-    def score_rollouts(
+    def __call__(
         self, problem_ids: list[str], seeds: list[int], completions: list[str], golds: list[str]
     ) -> list[float]:
-        rewards = self.inner.score_batch(completions, golds)
+        rewards = self.verifier.score_batch(list(completions), list(golds))
         return [
-            coin_flip(pid, seed) if pid in self.flagged else reward
+            coin_flip(pid, seed) if pid in self.coin_flip else float(reward)
             for pid, seed, reward in zip(problem_ids, seeds, rewards, strict=True)
         ]
-
-
-def score_rollouts(
-    verifier: Verifier, problem_ids: list[str], seeds: list[int], completions: list[str], golds: list[str]
-) -> list[float]:
-    """Rewards of rollouts: verifiers that key on the rollout (coin flips) see its problem and seed."""
-    if hasattr(verifier, "score_rollouts"):
-        return verifier.score_rollouts(problem_ids, seeds, completions, golds)
-    return verifier.score_batch(completions, golds)
 
 
 def make_verifier(name: str, timeout_s: float, workers: int = 2):

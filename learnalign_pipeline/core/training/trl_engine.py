@@ -39,6 +39,7 @@ from ..policy.model import checkpoint_dtype, load_policy, save_policy
 from ..storage.hashing import sha256_file
 from ..task.config import TaskConfig
 from ..task.prompts import render
+from ..task.verify import RolloutRewards
 from .batches import epoch_batches
 from .config import GRPOConfig, TrainerConfig
 from .grpo import GRPOLossConfig
@@ -135,6 +136,15 @@ def step_order(num_problems: int, grpo: GRPOConfig) -> list[int]:
     return [i for batch in epoch_batches(range(num_problems), size, grpo.steps, grpo.seed) for i in batch]
 
 
+def rollout_seeds(problem_ids: list[str], seed: int, step: int, group: int, first_row: int) -> list[int]:
+    """The sampling seed of each of a process's TRL rows at `step`: sample j of a problem's group gets
+    `prompt_seeds(problem, seed * 1_000_003 + step) + j` (as the rollout stage seeds a step); the process's rows
+    start at global row `first_row`, groups are contiguous. The sampler samples with it and the reward keys coins on
+    it, so both agree whatever the rollout engine."""
+    base_seed = seed * 1_000_003 + step
+    return [prompt_seeds([pid], base_seed, group)[0] + (first_row + i) % group for i, pid in enumerate(problem_ids)]
+
+
 class SeededRollouts:
     """TRL `rollout_func`: TRL hands over its rows (each problem's prompt repeated num_samples times, rows of a
     generation batch split contiguously over processes); row j of a group is sampled with our seeded sampler."""
@@ -158,9 +168,8 @@ class SeededRollouts:
 
         group = trainer.num_generations
         offset = trainer.accelerator.process_index * len(prompts)
-        base_seed = self.seed * 1_000_003 + trainer.state.global_step  # as the rollout stage seeds a step
         problems = [self.problem_of_prompt[p] for p in prompts]
-        seeds = [prompt_seeds([pid], base_seed, group)[0] + (offset + i) % group for i, pid in enumerate(problems)]
+        seeds = rollout_seeds(problems, self.seed, trainer.state.global_step, group, offset)
         with (
             unwrap_model_for_generation(
                 trainer.model_wrapped, trainer.accelerator,
@@ -183,28 +192,45 @@ class SeededRollouts:
 
 
 class VerifierReward:
-    """TRL reward function: the task's verifier on each completion's text; keeps (step, problem, reward, tokens) of
-    every row it scores (LIMR's trajectories are built from them)."""
+    """TRL reward function: each row's reward from the run's reward rule (`task/verify.py` RolloutRewards: coin flips
+    for the problems the training table marks, the verifier otherwise), keyed on the row's sampling seed
+    (`rollout_seeds`); keeps (step, problem, reward, tokens) of every row it scores (LIMR's trajectories are built
+    from them)."""
 
     __name__ = "verifier"
 
-    def __init__(self, verifier):
-        self.verifier = verifier
+    def __init__(self, rewards: RolloutRewards, seed: int = 0, group: int = 1):
+        self.rewards, self.seed, self.group = rewards, seed, group
         self.records: list[dict] = []
 
     def __call__(self, prompts, completions, completion_ids, answer, problem_id, trainer_state, **columns):
         texts = columns.get("completion_text") or [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        rewards = [float(r) for r in self.verifier.score_batch(list(texts), list(answer))]
         step = trainer_state.global_step
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        seeds = rollout_seeds(list(problem_id), self.seed, step, self.group, rank * len(prompts))
+        rewards = [float(r) for r in self.rewards(list(problem_id), seeds, list(texts), list(answer))]
         for pid, ids, reward in zip(problem_id, completion_ids, rewards, strict=True):
             self.records.append({"step": step, "problem_id": pid, "reward": reward, "num_tokens": len(ids)})
         return rewards
 
 
+TRAINING_COLUMNS = ("problem_id", "prompt", "answer", "extra")
+
+
+def write_training_problems(problems, path: Path) -> None:
+    """The table a GRPO run reads (`TRLRun.problems`): ids, prompts, golds and `extra`, whose noise marks decide the
+    training rewards (coin flips) as they decide every other reward."""
+    import polars as pl
+
+    if "extra" not in problems.columns:
+        problems = problems.with_columns(pl.lit(None, dtype=pl.String).alias("extra"))
+    problems.select(TRAINING_COLUMNS).write_parquet(path)
+
+
 @dataclass(frozen=True)
 class TRLRun:
     """One GRPO run, as the launched script reads it (JSON): from checkpoint `start` on the problems in
-    `problems` (Parquet with problem_id, prompt, answer), into `output` (a save_pretrained directory in the start
+    `problems` (Parquet with problem_id, prompt, answer, extra: `write_training_problems`), into `output` (a save_pretrained directory in the start
     checkpoint's dtype). `state_dir` is shared by every attempt at the same run: each attempt writes its
     checkpoints and rollout records under `state_dir/<attempt>/` only (two attempts at once never touch each other's
     files) and resumes from the newest sealed checkpoint of any attempt."""
@@ -294,7 +320,7 @@ def train_run(
 ) -> dict:
     """Train `run` in this process (one rank of a launch); returns its summary. On the main process, `report`
     receives one record per step and `warn` hears of checkpoints that were skipped. `verifier` replaces the task's
-    (tests use synthetic rewards). `observe(record, model)` sees the live model after each step (the experiment
+    (tests use synthetic rewards); either way the problems' noise marks apply (`data/noise.py` rollout_rewards). `observe(record, model)` sees the live model after each step (the experiment
     evaluates it there; it must leave the weights and the training's random streams alone)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
     import datasets
@@ -328,7 +354,9 @@ def train_run(
     rollouts = SeededRollouts(
         tokenizer, sampling, dict(zip(prompts, problems["problem_id"])), grpo.seed, compute.autocast_dtype()
     )
-    reward = VerifierReward(verifier or task.make_verifier())
+    from ..data.noise import rollout_rewards
+
+    reward = VerifierReward(rollout_rewards(problems, verifier or task.make_verifier()), grpo.seed, grpo.num_samples)
     checkpoints = Path(run.state_dir) / run.attempt
     history: list[dict] = []
     skipped: dict[int, int] = {}
@@ -441,7 +469,7 @@ def train_in_memory(
     save_policy(model, tokenizer, workdir / "start")
     if reference is not None:
         save_policy(reference, tokenizer, workdir / "reference")
-    problems.select("problem_id", "prompt", "answer").write_parquet(workdir / "problems.parquet")
+    write_training_problems(problems, workdir / "problems.parquet")
     run = TRLRun(
         start=str(workdir / "start"),
         problems=str(workdir / "problems.parquet"),

@@ -21,11 +21,10 @@ from pydantic import Field
 from ...core.policy.generation import SamplingSpec
 from ...core.policy.rollouts import sample_rollouts
 from ...core.policy.rollouts import success_rates as rollout_success_rates
-from ...core.selection.config import FeatureConfig
 from ...core.selection.features import features_for_rates, gradient_features, memory_budget, scatter_rows
 from ...core.selection.methods import visit_trajectory
 from ...core.selection.perplexity import answer_perplexity as perplexity_of_answers
-from ...core.selection.scoring import unit_rows
+from ...core.selection.scoring import carries_gradient, unit_rows
 from ...core.storage.artifacts import Checkpoint, TensorBundle
 from ...lib.outputs import versioned
 from ...lib.resources import ArtifactStore, ComputeSettings, GRPOLoss, TaskSettings, TrainerSettings
@@ -38,13 +37,9 @@ from ...lib.training import (
     reference_model,
     train_from,
 )
+from ..selection.gradients import pool_feature_config
 
 GROUP = "comparison"
-
-
-def pool_feature_config(projected_gradients: TensorBundle) -> FeatureConfig:
-    """The settings the pool's features were computed with (projection kind, widths, seed, scope)."""
-    return FeatureConfig(**json.loads(projected_gradients.metadata["config"]))
 
 
 def projected_features(
@@ -158,7 +153,9 @@ def validation_gradients(
     return versioned(
         bundle,
         problems=rates.height,
-        with_gradient=int((features.norm(dim=1) > 0).sum()),
+        with_gradient=int(
+            carries_gradient(features.norm(dim=1), pool_feature_config(projected_gradients).norm_floor).sum()
+        ),
         mean_success_rate=float(rates["success_rate"].mean()),
     )
 
@@ -198,7 +195,7 @@ def cold_start_signals(
         projected_gradients,
         compute,
     )
-    unit, norms = unit_rows(features)
+    unit, norms = unit_rows(features, pool_feature_config(projected_gradients).norm_floor)
     bundle = TensorBundle(
         tensors={
             "success_rate": torch.tensor(rates["success_rate"].to_numpy(), dtype=torch.float32),
@@ -258,7 +255,7 @@ def zero_variance_gradients(
             autocast_dtype=compute.config().autocast_dtype(),
         )
         features = scatter_rows(success_rates["problem_id"].to_list(), result, width)
-    unit, norms = unit_rows(features)
+    unit, norms = unit_rows(features, pool_feature_config(projected_gradients).norm_floor)
     bundle = TensorBundle(
         tensors={"unit_features": unit.to(torch.float16), "norms": norms},
         metadata={

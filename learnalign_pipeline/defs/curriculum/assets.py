@@ -1,12 +1,13 @@
 """GradAlign's adaptive curriculum as assets: round r's selection (`curriculum_selection_r`: a chunk of M pool
-problems scored with round r-1's policy against the trusted validation gradient, top M/q kept) and round r's
+problems scored with round r-1's policy against the trusted validation gradient, the top M/q of those that carry a
+gradient kept, more chunks drawn when too few do) and round r's
 checkpoint (`curriculum_policy_r`: T GRPO steps on that selection). Round 1 starts from the warm-up policy, so
 the lineage reads warm-up -> selection 1 -> policy 1 -> selection 2 -> policy 2 -> ..."""
 
 import dagster as dg
 import polars as pl
 
-from ...core.selection.curriculum import CurriculumConfig, curriculum_chunk, score_chunk
+from ...core.selection.curriculum import CurriculumConfig, score_round
 from ...core.storage.artifacts import Checkpoint, TensorBundle
 from ...lib.config import config_view, settings
 from ...lib.outputs import markdown_table, versioned
@@ -34,9 +35,10 @@ def _round_assets(r: int) -> list:
     @dg.asset(
         name=selection_name,
         group_name=GROUP,
-        code_version="2",
+        code_version="3",
         ins={"start": dg.AssetIn(previous)},
-        description=f"Round {r}: chunk {r - 1} of the pool scored with {previous}; the top M/q are selected.",
+        description=f"Round {r}: chunk {r - 1} of the pool scored with {previous} (more chunks when fewer than M/q "
+        "carry a gradient); the top M/q of those with a gradient are selected.",
         **gpu_step(manual=True),
     )
     def selection(
@@ -50,17 +52,15 @@ def _round_assets(r: int) -> list:
         pretrained_policy: Checkpoint,
         start: Checkpoint,
     ) -> dg.Output[pl.DataFrame]:
-        ids = curriculum_chunk(raw_problems["problem_id"].to_list(), config.chunk_size, r - 1, config.seed)
-        chunk = raw_problems.filter(pl.col("problem_id").is_in(ids)).sort("problem_id")
         model, tokenizer = compute.load_policy(start.path)
         loss = grpo_loss.loss_config(task.max_new_tokens)
         reference = reference_model(loss, reference_checkpoint(grpo_loss, start, pretrained_policy), start, model)
         features = pool_feature_config(projected_gradients)  # same projector (and seed) and scope as the pool's
-        scored = score_chunk(
+        scored = score_round(
             model,
             reference,
             tokenizer,
-            chunk,
+            raw_problems,
             validation_problems,
             task.make_verifier(),
             loss,
@@ -76,7 +76,10 @@ def _round_assets(r: int) -> list:
             scored,
             round=r,
             candidates=scored.height,
+            candidates_with_gradient=int(scored["with_gradient"][0]) if scored.height else 0,
+            chunks_scored=int(scored["chunks_scored"][0]) if scored.height else 0,
             selected=chosen.height,
+            shortfall=str(scored["shortfall"][0]) if scored.height else "kept_fewer",
             mean_success_rate_selected=float(chosen["success_rate"].mean()) if chosen.height else None,
             validation_accuracy=float(scored["validation_accuracy"][0]) if scored.height else None,
             validation_with_gradient=int(scored["validation_with_gradient"][0])

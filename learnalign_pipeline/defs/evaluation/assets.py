@@ -1,4 +1,4 @@
-"""Greedy pass@1 of the pre-trained, warm-up and RL-trained policies on the held-out benchmark."""
+"""Greedy and sampled pass@1 of the pre-trained, warm-up and RL-trained policies on the held-out benchmark."""
 
 import dagster as dg
 import polars as pl
@@ -19,10 +19,11 @@ TABLE_COLUMNS = ["policy", "benchmark", "num_problems", "num_correct", "accuracy
 
 
 class BenchmarkRunConfig(config_view(BenchmarkConfig)):
-    """Greedy pass@1 always; optionally also the mean over n samples per problem (core/evaluation/benchmark.py)."""
+    """Greedy pass@1 always; also the mean over n samples per problem unless sampled_n is 0
+    (core/evaluation/benchmark.py)."""
 
 
-@dg.asset(group_name="evaluation", code_version="3", **gpu_step("transformers", "duckdb"))
+@dg.asset(group_name="evaluation", code_version="4", **gpu_step("transformers", "duckdb"))
 def benchmark_results(
     context: dg.AssetExecutionContext,
     config: BenchmarkRunConfig,
@@ -65,6 +66,14 @@ def benchmark_results(
     greedy = table.filter(pl.col("decoding") == "greedy")
     accuracy = dict(zip(greedy["policy"].to_list(), greedy["accuracy"].to_list()))
     gain = round(100 * (accuracy["trained"] - accuracy["warmup"]), 2)
+    sampled = table.filter(pl.col("decoding") != "greedy")
+    sampled_accuracy = dict(zip(sampled["policy"].to_list(), sampled["accuracy"].to_list()))
+    sampled_summary = (
+        f"; sampled pass@1 (n={bench.sampled_n}, T={bench.sampled_temperature:g}): "
+        + ", ".join(f"{label} {sampled_accuracy[p]:.1%}" for p, label in POLICY_LABELS.items())
+        if sampled_accuracy
+        else ""
+    )
     families = accuracy_by_family(
         pl.concat(greedy_outcomes).join(
             benchmark_problems.select("problem_id", "category"), on="problem_id", how="left"
@@ -72,10 +81,11 @@ def benchmark_results(
     )
     return versioned(
         table,
-        summary=f"greedy pass@1: pretrained {accuracy['pretrained']:.1%}, warm-up {accuracy['warmup']:.1%}, trained {accuracy['trained']:.1%} ({gain:+.1f} points)",
+        summary=f"greedy pass@1: pretrained {accuracy['pretrained']:.1%}, warm-up {accuracy['warmup']:.1%}, trained {accuracy['trained']:.1%} ({gain:+.1f} points){sampled_summary}",
         accuracy_pretrained=accuracy["pretrained"],
         accuracy_warmup=accuracy["warmup"],
         accuracy_trained=accuracy["trained"],
+        **{f"sampled_accuracy_{p}": a for p, a in sampled_accuracy.items()},
         trained_minus_warmup_points=gain,
         verifier_stats=dg.MetadataValue.json(getattr(verifier, "stats", {})),
         table=dg.MetadataValue.md(markdown_table(table.select(TABLE_COLUMNS))),
@@ -86,6 +96,7 @@ def benchmark_results(
     )
 
 
+POLICY_LABELS = {"pretrained": "pretrained", "warmup": "warm-up", "trained": "trained"}
 FAMILY_COLUMNS = {
     "family": "the benchmark problems' category",
     "problems": "benchmark problems in the family",

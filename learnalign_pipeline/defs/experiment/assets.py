@@ -48,7 +48,7 @@ from ...paths import project_home
 
 GROUP = "experiment"
 # Bump when a seed's cached tables would change for the same settings (experiment, training or evaluation logic).
-EXPERIMENT_ROWS_VERSION = "1"
+EXPERIMENT_ROWS_VERSION = "2"
 TABLES = ("accuracy", "selections", "diagnostics")
 # The pipeline's projection (Kronecker 16 x 16); 16 problems per batched backward are ~25% faster on CPU than the
 # row cache's content-defined batches of ~4 (the experiment computes its features in memory, not in the cache).
@@ -59,15 +59,15 @@ class ExperimentDataRunConfig(config_view(ExperimentDataConfig)):
     """The experiment's problems (core/evaluation/experiment.py ExperimentDataConfig)."""
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars"}, tags=MANUAL)
+@dg.asset(group_name=GROUP, code_version="2", kinds={"polars"}, tags=MANUAL)
 def experiment_problems(config: ExperimentDataRunConfig) -> dg.Output[pl.DataFrame]:
     """The pool, the same pool with coin-flip rewards on a share of it, and the held-out target, validation and
-    full-mix sets (column `role`)."""
+    off-target sets (column `role`)."""
     frame = build_problems(settings(config, ExperimentDataConfig))
     roles = dict(frame.group_by("role").len().iter_rows())
     return versioned(
         frame,
-        summary=", ".join(f"{roles[r]} {r}" for r in ("pool", "target", "validation", "full")),
+        summary=", ".join(f"{roles[r]} {r}" for r in ("pool", "target", "validation", "off_target")),
         mix=config.mix,
         problems_by_role=dg.MetadataValue.json(roles),
     )
@@ -87,7 +87,7 @@ def experiment_base_policy(
     store: ArtifactStore,
     experiment_problems: pl.DataFrame,
 ) -> dg.Output[Checkpoint]:
-    held_out = experiment_problems.filter(pl.col("role").is_in(["target", "validation", "full"]))["problem_id"]
+    held_out = experiment_problems.filter(pl.col("role").is_in(["target", "validation", "off_target"]))["problem_id"]
     return pretrain_checkpoint(
         context, config, task, store, frozenset(held_out.to_list()), MIXES[config.mix], mix=config.mix
     )
@@ -211,12 +211,14 @@ class ExperimentReportConfig(dg.Config):
 def _contrast_table(contrasts: pl.DataFrame) -> str:
     lines = [
         "| family | pool | arm − comparator | mean (points) | 95% CI | sign-flip p | Holm p | reading | "
-        "mean over steps | full mix | steps to comparator's final | corrupted share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean over steps | off-target | pool-weighted | steps to comparator's final | corrupted share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in contrasts.iter_rows(named=True):
         holm = f"{r['p_holm']:.3f}" if r["p_holm"] is not None else ""
-        full = f"{r['full_mix_points']:+.1f}" if r["full_mix_points"] is not None else ""
+        off, weighted = (
+            f"{r[k]:+.1f}" if r[k] is not None else "" for k in ("off_target_points", "pool_weighted_points")
+        )
         steps = r["median_steps_to_comparator_final"]
         reach = f"{steps:.0f} ({r['seeds_reaching_it']}/{r['seeds']} seeds)" if steps != float("inf") else "not reached"
         corrupted = r["arm_corrupted_share"] if r["pool"] == "coin_flip" else None
@@ -224,19 +226,30 @@ def _contrast_table(contrasts: pl.DataFrame) -> str:
         lines.append(
             f"| {r['family']} | {r['pool']} | {r['arm']} − {r['comparator']} | {r['mean_points']:+.1f} | "
             f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['p_sign_flip']:.4f} | {holm} | {verdict(r)} | "
-            f"{r['auc_points']:+.1f} | {full} | {reach} | {share} |"
+            f"{r['auc_points']:+.1f} | {off} | {weighted} | {reach} | {share} |"
         )
     return "\n".join(lines)
 
 
 def _corrupted_shares(selections: pl.DataFrame) -> pl.DataFrame:
+    """Per rule on the coin-flip pool: the share of its picks whose rewards are coins, over all its picks (round
+    "all") and, for the curriculum, per round (round 0 is a static rule's one selection)."""
+    coin = selections.filter(pl.col("pool") == "coin_flip")
+    share = [
+        (100 * pl.col("noisy").mean()).round(1).alias("corrupted_percent"),
+        pl.col("seed").n_unique().alias("seeds"),
+    ]
+    overall = coin.group_by("arm").agg(*share).with_columns(pl.lit("all").alias("round"))
+    rounds = (
+        coin.filter(pl.col("round") > 0)
+        .group_by("arm", "round")
+        .agg(*share)
+        .with_columns(pl.col("round").cast(pl.String))
+    )
     return (
-        selections.filter(pl.col("pool") == "coin_flip")
-        .group_by("arm")
-        .agg(
-            (100 * pl.col("noisy").mean()).round(1).alias("corrupted_percent"), pl.col("seed").n_unique().alias("seeds")
-        )
-        .sort("corrupted_percent")
+        pl.concat([overall, rounds], how="diagonal")
+        .select("arm", "round", "corrupted_percent", "seeds")
+        .sort("arm", "round")
     )
 
 

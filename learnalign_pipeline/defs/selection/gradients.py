@@ -16,7 +16,7 @@ import torch
 from ...core.policy.model import load_policy
 from ...core.selection.config import FeatureConfig
 from ...core.selection.features import drop_nonfinite, scatter_rows
-from ...core.selection.scoring import unit_rows
+from ...core.selection.scoring import carries_gradient, unit_rows
 from ...core.selection.stages import FeatureBatch, FeatureStage
 from ...core.storage.artifacts import TensorBundle
 from ...lib.config import config_view, settings
@@ -82,6 +82,11 @@ def _shard(step: Step, work: dict) -> dict:
     }
 
 
+def pool_feature_config(projected_gradients: TensorBundle) -> FeatureConfig:
+    """The settings the pool's features were computed with (projection kind, widths, seed, scope, norm floor)."""
+    return FeatureConfig(**json.loads(projected_gradients.metadata["config"]))
+
+
 def _collect(step: Step, manifests: list[dict]):
     """Unit-norm projected gradient of each problem's GRPO loss (float16) and its norm; rows follow
     `success_rates`. Problems with p in {0, 1} have zero advantage: no backward pass, a zero row."""
@@ -93,10 +98,14 @@ def _collect(step: Step, manifests: list[dict]):
     stats = merge_counts(manifests, "stats")
     seconds = sum(m["seconds"] for m in manifests)
     ids = rates["problem_id"].to_list()
-    unit, norms = unit_rows(scatter_rows(ids, result))
+    unit, norms = unit_rows(scatter_rows(ids, result), config.norm_floor)
     width = int(unit.shape[1])
     bundle = TensorBundle(
-        tensors={"unit_features": unit.to(torch.float16), "norms": norms, "has_gradient": (norms > 0).to(torch.uint8)},
+        tensors={
+            "unit_features": unit.to(torch.float16),
+            "norms": norms,
+            "has_gradient": carries_gradient(norms, config.norm_floor).to(torch.uint8),
+        },
         metadata={
             "problem_ids": json.dumps(ids),
             "projection": config.projection,

@@ -17,6 +17,7 @@ from ...lib.config import config_view
 from ...lib.io_managers import load_latest
 from ...lib.outputs import versioned
 from ...lib.resources import ArtifactStore
+from .gradients import pool_feature_config
 
 
 @dg.asset(group_name="selection", code_version="1", kinds={"polars"})
@@ -98,6 +99,7 @@ def pool_signals(success_rates: pl.DataFrame, projected_gradients: TensorBundle,
         success_rate=torch.tensor(success_rates["success_rate"].to_numpy(), dtype=torch.float64),
         unit_features=projected_gradients.tensors["unit_features"].float(),
         norms=projected_gradients.tensors["norms"].float(),
+        norm_floor=pool_feature_config(projected_gradients).norm_floor,
         response_tokens=torch.tensor(success_rates["mean_completion_tokens"].to_numpy(), dtype=torch.float64),
         **optional,
     )
