@@ -5,6 +5,7 @@ and the `grpo_loss` resource are generated from these classes (`lib/config.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from ..data.arithmetic import DEFAULT_SHORTCUT_RATES
@@ -188,7 +189,7 @@ class PretrainConfig:
     """
 
     model_path: str | None = setting(
-        None, "a save_pretrained directory to use as the base policy instead of the built-in one"
+        None, "a save_pretrained directory or a .gguf file to use as the base policy instead of the built-in one"
     )
     corpus_size: int = setting(40_000, "generated pre-training examples")
     corpus_seed: int = setting(3, "generator seed of the corpus")
@@ -203,6 +204,11 @@ class PretrainConfig:
     seed: int = setting(0, "seed of initialization and batch order")
 
     def __post_init__(self) -> None:
+        require(
+            self.model_path is None or Path(self.model_path).exists(),
+            "model_path",
+            f"no save_pretrained directory or .gguf file at {self.model_path}",
+        )
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
         require(self.corpus_size >= 1, "corpus_size", f"must be >= 1 (got {self.corpus_size})")
