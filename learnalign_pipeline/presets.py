@@ -240,7 +240,7 @@ SMOLLM2: dict = {
         "task": {
             "config": {"template": "lm_eval_gsm8k", "chat": True, "verifier": "numeric_flexible", "max_new_tokens": 96}
         },
-        "generator": {"config": {"dtype": "float32", "max_model_len": 512, "gpu_memory_utilization": 0.05}},
+        "generator": {"config": {"dtype": "float32", "max_model_len": 512, "gpu_memory_utilization": 0.15}},
     },
 }
 
