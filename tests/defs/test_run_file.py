@@ -83,3 +83,18 @@ def test_the_cli_names_the_missing_setting(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(MODEL_PATH_ENV, raising=False)
     assert cli.main(["demo", "--preset", "gsm8k_gpu"]) == 2
     assert "ops.pretrained_policy.config.model_path is not set" in capsys.readouterr().err
+
+
+def test_the_smollm2_preset_reads_the_fetched_file_and_passes_the_settings_checks(tmp_path, monkeypatch):
+    from learnalign_pipeline.definitions import job_named
+    from learnalign_pipeline.presets import SMOLLM2_FILE
+
+    monkeypatch.setenv("LEARNALIGN_MODELS", str(tmp_path))
+    with pytest.raises(
+        RunFileError, match=r"does not exist: fetch it with `\.venv/bin/python scripts/fetch_smollm2\.py`"
+    ):
+        run_config("smollm2", environ={})
+    (tmp_path / SMOLLM2_FILE).write_bytes(b"GGUF")
+    config = run_config("smollm2", environ={})
+    assert config["ops"]["pretrained_policy"]["config"]["model_path"] == str(tmp_path / SMOLLM2_FILE)
+    check_run_config(job_named("learnalign_job"), config)  # every value within the settings' bounds
