@@ -118,7 +118,9 @@ def latest_benchmark_table() -> str:
         return "benchmark_results has not been materialized yet: run `learnalign demo`"
     table = read_artifact(Path(metadata["path"].value), metadata["sha256"].value)
     return (
-        markdown_table(table.select([*TABLE_COLUMNS, "backend"]))
+        markdown_table(
+            table.select([c for c in [*TABLE_COLUMNS, "backend"] if c in table.columns])
+        )  # older runs lack some
         + f"\n\ntrained - warmup: {metadata['trained_minus_warmup_points'].value:+.1f} points"
     )
 
