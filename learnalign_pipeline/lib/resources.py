@@ -22,10 +22,12 @@ from ..core.data.arithmetic import MIXES, ArithmeticConfig, ArithmeticMix
 from ..core.data.datasets import read_datasets
 from ..core.data.loaders import SourceConfig
 from ..core.policy.generation import GenerationBackend, TransformersBackend
+from ..core.policy.gguf import convert_gguf
 from ..core.policy.model import load_policy
 from ..core.policy.vllm_backend import VLLMBackend, VLLMConfig
 from ..core.selection.config import BackendName
-from ..core.storage.artifacts import Checkpoint
+from ..core.storage.artifacts import Checkpoint, publish_directory
+from ..core.storage.hashing import sha256_file
 from ..core.storage.row_cache import RowCache
 from ..core.task.config import TaskConfig
 from ..core.training.config import LOSS_FIELDS, GRPOConfig, TrainerConfig
@@ -50,6 +52,17 @@ class ArtifactStore(dg.ConfigurableResource):
         path = Path(self.root) / ".staging" / staging_name()
         path.mkdir(parents=True)
         return path
+
+    def converted_gguf(self, gguf_path: str) -> tuple[Path, str]:
+        """(the `save_pretrained` conversion of a GGUF file, the file's sha256). Converted once per content: the
+        conversion lives under `.gguf/<sha256>` and later runs reuse it."""
+        digest = sha256_file(Path(gguf_path))
+        final = Path(self.root) / ".gguf" / digest
+        if not (final / "config.json").is_file():
+            staging = self.staging_dir()
+            convert_gguf(gguf_path, staging)
+            publish_directory(staging, final)
+        return final, digest
 
 
 class RowCacheResource(dg.ConfigurableResource):

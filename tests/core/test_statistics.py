@@ -74,3 +74,18 @@ def test_steps_to_reach_and_spearman():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)  # ties get mean ranks
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_benchmark_rows_get_wilson_intervals_over_their_problems():
+    """Greedy: the binomial interval of correct / problems. Sampled pass@1 (a mean of per-problem rates): the same
+    interval at its accuracy, never the narrower one that would count every sample as independent."""
+    import polars as pl
+
+    from learnalign_pipeline.core.evaluation.benchmark import with_intervals
+    from learnalign_pipeline.core.evaluation.charts import wilson_interval
+
+    table = with_intervals(pl.DataFrame({"num_problems": [6, 6], "num_correct": [1, 4], "accuracy": [1 / 6, 4 / 12]}))
+    greedy, sampled = table.row(0, named=True), table.row(1, named=True)
+    assert (greedy["low"], greedy["high"]) == pytest.approx(wilson_interval(1, 6))
+    assert (sampled["low"], sampled["high"]) == pytest.approx(wilson_interval(2, 6))
+    assert sampled["high"] - sampled["low"] > wilson_interval(4, 12)[1] - wilson_interval(4, 12)[0]

@@ -12,6 +12,7 @@ from ..selection.config import BackendName
 from ..settings import require, require_finite, setting
 from ..task.prompts import PromptFormat
 from ..task.verify import Verifier
+from .charts import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,15 @@ def pass_at_1(
         backend=backend.name,
     )
     return result, rollouts.with_columns(pl.lit(policy).alias("policy"))
+
+
+def with_intervals(table: pl.DataFrame) -> pl.DataFrame:
+    """`table` (rows of `BenchmarkResult`) with the Wilson 95% interval of each accuracy over its problems (`low`,
+    `high`). A greedy accuracy is a binomial proportion over problems. A sampled pass@1 is the mean of per-problem
+    rates in [0, 1], whose variance is at most p(1 - p) / N, so the same interval covers it (conservatively: the
+    samples of one problem are not independent, and counting them as such would make the interval too narrow)."""
+    bounds = [wilson_interval(a * n, n) for a, n in zip(table["accuracy"].to_list(), table["num_problems"].to_list())]
+    return table.with_columns(
+        low=pl.Series([lo for lo, _ in bounds], dtype=pl.Float64),
+        high=pl.Series([hi for _, hi in bounds], dtype=pl.Float64),
+    )

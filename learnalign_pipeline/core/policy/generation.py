@@ -26,6 +26,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
 from ..storage.hashing import hash_int
+from ..task.prompts import encode_prompt, pad_token_id
 
 FinishReason = Literal["stop", "length"]
 
@@ -203,9 +204,16 @@ class TransformersBackend:
     def _generate_rows(self, rows: list[tuple[str, int]], spec: SamplingSpec) -> list[Completion]:
         tok = self.tokenizer
         device = self.model.device
-        padded = tok([p for p, _ in rows], padding=True, padding_side="left")  # lists: tensors made here, on device
-        enc = {k: torch.tensor(padded[k], dtype=torch.long, device=device) for k in ("input_ids", "attention_mask")}
-        prompt_length = enc["input_ids"].shape[1]
+        encoded = [encode_prompt(tok, p) for p, _ in rows]
+        prompt_length = max(map(len, encoded))
+        pad = pad_token_id(tok)
+        left = [prompt_length - len(ids) for ids in encoded]  # left-padded: every row's next token is at the end
+        input_ids = [[pad] * n + ids for n, ids in zip(left, encoded)]
+        attention_mask = [[0] * n + [1] * len(ids) for n, ids in zip(left, encoded)]
+        enc = {  # lists: tensors made here, on device
+            "input_ids": torch.tensor(input_ids, dtype=torch.long, device=device),
+            "attention_mask": torch.tensor(attention_mask, dtype=torch.long, device=device),
+        }
         processors = LogitsProcessorList()
         if spec.temperature > 0:
             processors.append(SeededGumbelSampler([s for _, s in rows], spec))
@@ -216,7 +224,7 @@ class TransformersBackend:
             do_sample=False,
             num_beams=1,
             max_new_tokens=spec.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad,
             eos_token_id=list(self.stop_ids),
         )
         stopping = [StopOnStrings(spec.stop, tok, prompt_length)] if spec.stop else []

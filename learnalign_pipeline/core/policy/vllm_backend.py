@@ -9,12 +9,14 @@ tokens, in either mode; we pass the same ids explicitly, so both backends stop a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..settings import require, require_finite, setting
+from ..task.prompts import encode_prompt
 from .generation import Completion, SamplingSpec, finish_completion, stop_token_ids
 
 INSTALL_HINT = (
@@ -84,7 +86,10 @@ class VLLMBackend:
             # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole prompts there.
             chunked = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
             batch = {"max_num_seqs": s.max_num_seqs} if s.max_num_seqs else {}
-            with _environment(CUDA_VISIBLE_DEVICES=self.visible_devices):  # inherited by the engine's processes
+            with (
+                _environment(CUDA_VISIBLE_DEVICES=self.visible_devices),  # inherited by the engine's processes
+                self._refusals(),
+            ):
                 self._llm = LLM(
                     model=self.model_path,
                     tokenizer=self.model_path,
@@ -139,8 +144,11 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        outputs = llm.generate(list(prompts), params, use_tqdm=False)
         tok = self.tokenizer
+        # token ids, not text: vLLM would tokenize a chat prompt with special tokens and add a second BOS
+        requests = [{"prompt_token_ids": encode_prompt(tok, p)} for p in prompts]
+        with self._refusals():
+            outputs = llm.generate(requests, params, use_tqdm=False)
         return [
             [
                 finish_completion(c.token_ids, stop_ids, spec.stop, tok)
@@ -148,6 +156,25 @@ class VLLMBackend:
             ]
             for out in outputs
         ]
+
+    @contextlib.contextmanager
+    def _refusals(self):
+        """vLLM reports an engine that died while starting or at its first step (e.g. the CPU build refusing an
+        attention shape) as a bare EngineDeadError, its cause only in the engine process's log: say what was
+        refused."""
+        try:
+            yield
+        except Exception as error:
+            if self._llm is not None and type(error).__name__ != "EngineDeadError":
+                raise
+            s = self.settings
+            raise RuntimeError(
+                f"vLLM could not start or run an engine for {self.model_path}: it refused "
+                f"{describe_checkpoint(self.model_path)} (dtype {s.dtype}, max_model_len {s.max_model_len}). "
+                "vLLM's CPU build supports only some attention shapes (head_dim 64 and 128 work, 16 does not); the "
+                f"engine's log above names the cause. Use the transformers backend for this model. "
+                f"({type(error).__name__}: {error})"
+            ) from error
 
     def close(self) -> None:
         """Release the engine (its worker processes and memory)."""
@@ -171,3 +198,15 @@ def _environment(**values: str | None):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """A checkpoint's architecture and attention shape, from its config.json (what vLLM's kernels care about)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config["hidden_size"] // heads if heads else None)
+    architecture = (config.get("architectures") or [config.get("model_type", "a model")])[0]
+    return (
+        f"{architecture} with head_dim={head_dim}, {heads} attention heads / {config.get('num_key_value_heads')} "
+        f"KV heads, {config.get('num_hidden_layers')} layers"
+    )

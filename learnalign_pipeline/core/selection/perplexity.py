@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..task.prompts import PromptFormat, render
+from ..task.prompts import PromptFormat, encode_prompt, encode_text, pad_token_id, render
 from ..training.sft import target_batch
 
 
@@ -14,16 +14,17 @@ def answer_perplexity(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(PPL(target | rendered prompt), PPL(target alone)) per row: exp of the mean next-token loss over the target
     tokens (plus EOS). IFD (Cherry-LLM) is their ratio."""
-    conditional = [tokenizer(render(template, p, tokenizer))["input_ids"] for p in prompts]
+    conditional = [encode_prompt(tokenizer, render(template, p, tokenizer)) for p in prompts]
     bos = [tokenizer.eos_token_id]  # the unconditional context: a lone separator token
-    target_ids = [tokenizer(" " + t)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
+    # the target continues its context: no BOS of its own inside the sequence
+    target_ids = [encode_text(tokenizer, " " + t) + [tokenizer.eos_token_id] for t in targets]
     model.eval()
     out = []
     for contexts in (conditional, [bos] * len(targets)):
         values = []
         for start in range(0, len(targets), batch_size):
             rows = slice(start, start + batch_size)
-            batch = target_batch(contexts[rows], target_ids[rows], tokenizer.pad_token_id)
+            batch = target_batch(contexts[rows], target_ids[rows], pad_token_id(tokenizer))
             ids, mask, labels = (t.to(model.device) for t in batch)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             shifted = labels[:, 1:]

@@ -57,3 +57,28 @@ class PromptFormat:
 def render(template: str | PromptFormat, prompt: str, tokenizer=None) -> str:
     fmt = template if isinstance(template, PromptFormat) else PromptFormat(template)
     return fmt.render(prompt, tokenizer)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt, with the model's BOS exactly once.
+
+    A tokenizer that adds BOS (Llama 3, Mistral, Gemma) would add a second one to a chat prompt whose template
+    already wrote it, and the model would see a sequence it was never trained on; special tokens are therefore
+    added only when the text does not already begin with the BOS token.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of text that continues a sequence (a target answer): no BOS or other special token added."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id padding positions hold. Tokenizers that ship without a pad token (Llama 3) pad with EOS, as TRL does;
+    padded positions are masked, so the value never reaches a result."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token: set tokenizer.pad_token")
+    return pad

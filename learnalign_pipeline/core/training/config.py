@@ -5,6 +5,7 @@ and the `grpo_loss` resource are generated from these classes (`lib/config.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 from ..compute import visible_gpus
@@ -232,7 +233,7 @@ class PretrainConfig:
     """
 
     model_path: str | None = setting(
-        None, "a save_pretrained directory to use as the base policy instead of the built-in one"
+        None, "a save_pretrained directory or a .gguf file to use as the base policy instead of the built-in one"
     )
     corpus_size: int = setting(40_000, "generated pre-training examples")
     corpus_seed: int = setting(3, "generator seed of the corpus")
@@ -248,6 +249,11 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         require_finite(self)
+        require(
+            self.model_path is None or Path(self.model_path).exists(),
+            "model_path",
+            f"no save_pretrained directory or .gguf file at {self.model_path}",
+        )
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
         require(self.corpus_size >= 1, "corpus_size", f"must be >= 1 (got {self.corpus_size})")

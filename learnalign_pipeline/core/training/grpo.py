@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from ..task.prompts import PromptFormat, render
+from ..task.prompts import PromptFormat, encode_prompt, pad_token_id, render
 
 if TYPE_CHECKING:  # polars only where tables are read: the tensor code runs where polars is not installed
     import polars as pl
@@ -109,10 +109,10 @@ def to_rollout_batch(
     if order["token_ids"].null_count():
         missing = order.filter(pl.col("token_ids").is_null())["problem_id"].head(3).to_list()
         raise ValueError(f"rollouts are missing for {order['token_ids'].null_count()} problems, e.g. {missing}")
-    prompt_ids = [tokenizer(render(template, p, tokenizer))["input_ids"] for p in order["prompt"].to_list()]
+    prompt_ids = [encode_prompt(tokenizer, render(template, p, tokenizer)) for p in order["prompt"].to_list()]
     rewards = torch.tensor(order["reward"].to_list(), dtype=torch.float32, device="cpu")
     advantages = group_advantages(rewards, scale=loss.scale_rewards, eps=loss.advantage_eps)
-    return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, tokenizer.pad_token_id)
+    return build_rollout_batch(prompt_ids, order["token_ids"].to_list(), advantages, pad_token_id(tokenizer))
 
 
 def token_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:

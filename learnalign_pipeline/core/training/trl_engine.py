@@ -38,7 +38,7 @@ from ..policy.generation import SamplingSpec, TransformersBackend, prompt_seeds,
 from ..policy.model import checkpoint_dtype, load_policy, save_policy
 from ..storage.hashing import sha256_file
 from ..task.config import TaskConfig
-from ..task.prompts import render
+from ..task.prompts import encode_prompt, render
 from ..task.verify import RolloutRewards
 from .batches import epoch_batches
 from .config import GRPOConfig, TrainerConfig
@@ -184,7 +184,7 @@ class SeededRollouts:
                 )
             ]
         return {
-            "prompt_ids": [self.tokenizer(p)["input_ids"] for p in prompts],
+            "prompt_ids": [encode_prompt(self.tokenizer, p) for p in prompts],
             "completion_ids": [list(c.token_ids) for c in completions],
             "logprobs": None,  # only TRL's vLLM importance-sampling correction reads them (off)
             "completion_text": [c.text for c in completions],  # what the verifier scores, as in the rollout stage

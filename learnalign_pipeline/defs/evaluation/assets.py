@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from ...core.evaluation.benchmark import BenchmarkConfig, pass_at_1
+from ...core.evaluation.benchmark import BenchmarkConfig, pass_at_1, with_intervals
 from ...core.evaluation.charts import accuracy_by_family, accuracy_chart
 from ...core.storage.artifacts import Checkpoint
 from ...lib.charts import image
@@ -15,7 +15,18 @@ from ...lib.resources import ComputeSettings, Generator, TaskSettings
 from ...lib.tags import gpu_step
 
 # The columns people read; the artifact and the DuckDB table hold every column.
-TABLE_COLUMNS = ["policy", "benchmark", "num_problems", "num_correct", "accuracy", "decoding", "template", "verifier"]
+TABLE_COLUMNS = [
+    "policy",
+    "benchmark",
+    "num_problems",
+    "num_correct",
+    "accuracy",
+    "low",
+    "high",
+    "decoding",
+    "template",
+    "verifier",
+]
 
 
 class BenchmarkRunConfig(config_view(BenchmarkConfig)):
@@ -63,6 +74,7 @@ def benchmark_results(
         generator.close_engine()
     table = pl.DataFrame(rows)
     append_to_duckdb(duckdb, "benchmark_results", table.with_columns(pl.lit(context.run_id).alias("run_id")))
+    table = with_intervals(table)  # in the artifact and the printed table; the DuckDB table keeps its columns
     greedy = table.filter(pl.col("decoding") == "greedy")
     accuracy = dict(zip(greedy["policy"].to_list(), greedy["accuracy"].to_list()))
     gain = round(100 * (accuracy["trained"] - accuracy["warmup"]), 2)

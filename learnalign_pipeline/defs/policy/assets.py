@@ -2,12 +2,14 @@
 warm-up policy (LearnAlign step 1) and the policy RL-trained on the selected subset."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from ...core.data.arithmetic import MIXES
+from ...core.policy.gguf import is_gguf
 from ...core.policy.model import copy_checkpoint
 from ...core.storage.artifacts import Checkpoint
 from ...lib.outputs import versioned
@@ -28,6 +30,19 @@ def pretrained_policy(
     """The base policy. Built-in: the tiny policy pre-trained on a generated corpus (drawn from the `arithmetic`
     resource's mix) that excludes every benchmark problem. With `model_path`: a copy of that checkpoint, so every
     later stage reads a versioned artifact."""
+    if config.model_path and is_gguf(config.model_path):  # converted once per file content, then copied
+        converted, digest = store.converted_gguf(config.model_path)
+        staging = store.staging_dir()
+        parameters = copy_checkpoint(converted, staging)
+        (staging / "training_config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
+        return versioned(
+            Checkpoint(staging),
+            source=config.model_path,
+            source_sha256=digest,
+            converted_from="gguf",
+            parameters=parameters,
+            summary=f"converted {Path(config.model_path).name} (GGUF, sha256 {digest[:12]})",
+        )
     if config.model_path:  # copied byte for byte: the base model keeps its dtype, and nothing is loaded
         staging = store.staging_dir()
         parameters = copy_checkpoint(config.model_path, staging)
