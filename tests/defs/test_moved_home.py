@@ -61,7 +61,7 @@ def test_learnalign_report_works_on_a_moved_home(tmp_path, monkeypatch, capsys):
     table = pl.DataFrame(
         {
             "policy": ["pretrained"], "benchmark": ["arithmetic"], "num_problems": [60], "num_correct": [1],
-            "accuracy": [1 / 60], "decoding": ["greedy"], "template": ["qa"], "verifier": ["numeric"],
+            "accuracy": [1 / 60], "low": [0.003], "high": [0.089], "decoding": ["greedy"], "template": ["qa"], "verifier": ["numeric"],
             "backend": ["transformers"],
         }
     )  # fmt: skip

@@ -43,8 +43,14 @@ def _violations(source: str) -> list[str]:
         trust = keywords.get("trust_remote_code")
         if trust is not None and not (isinstance(trust, ast.Constant) and trust.value is False):
             problems.append(f"line {call.lineno}: trust_remote_code is not False")
-        # tokenizers and generation configs are JSON files: no weights to read as safetensors
-        if name.endswith(".from_pretrained") and "Tokenizer" not in name and "GenerationConfig" not in name:
+        # tokenizers and generation configs are JSON files: no weights to read as safetensors; a GGUF file holds
+        # tensors and metadata only (transformers reads it with the `gguf` package, nothing is unpickled)
+        if (
+            name.endswith(".from_pretrained")
+            and "Tokenizer" not in name
+            and "GenerationConfig" not in name
+            and "gguf_file" not in keywords
+        ):
             safe = keywords.get("use_safetensors")
             if not (isinstance(safe, ast.Constant) and safe.value is True):
                 problems.append(f"line {call.lineno}: {name} without use_safetensors=True")
