@@ -92,7 +92,7 @@ def _round_assets(r: int) -> list:
     @dg.asset(
         name=policy_name,
         group_name=GROUP,
-        code_version="3",
+        code_version="4",
         ins={"start": dg.AssetIn(previous), "round_selection": dg.AssetIn(selection_name)},
         description=f"Round {r}: {previous} after T GRPO steps on {selection_name}.",
         **gpu_step("transformers", manual=True),
@@ -112,6 +112,14 @@ def _round_assets(r: int) -> list:
     ) -> dg.Output[Checkpoint]:
         chosen = round_selection.filter(pl.col("selected")).select("problem_id")
         problems = chosen.join(raw_problems, on="problem_id", how="left", maintain_order="left")
+        if 0 < chosen.height < config.problems_per_step:
+            # the round kept fewer than a step (too few candidates carry a gradient): smaller steps on what it kept,
+            # rather than refusing the round (an empty selection is still refused by the stage)
+            context.log.warning(
+                f"{context.op.name}: {selection_name} kept {chosen.height} problems, fewer than problems_per_step "
+                f"= {config.problems_per_step}: each step trains on those {chosen.height}"
+            )
+            config = config.model_copy(update={"problems_per_step": chosen.height})
         return grpo_stage(
             context,
             config,
