@@ -5,12 +5,16 @@ in bfloat16, which resolves about 2**-8); on CUDA the forward and backward passe
 CPU everything stays float32, which keeps CPU runs bitwise reproducible. Every tensor a core function creates is
 made on the device of the tensors it works on; tests run the core paths with a `meta` default device, so a
 factory call that forgets its `device=` fails there instead of on a GPU.
+
+`gemm_peak` measures what the device's matmuls reach, the denominator of every utilization figure the benchmarks
+report (scripts/gpu_check.py, scripts/bench_smollm2.py): measured, not a datasheet's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -104,6 +108,28 @@ def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
     blocks = max(1, gpu_count // gpus_per_shard)
     first = (shard % blocks) * gpus_per_shard
     return [(first + i) % gpu_count for i in range(gpus_per_shard)]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a timer read before this measures nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 2.0) -> float:
+    """FLOP/s of `size`^3 matmuls in `dtype` on `device`, run for at least `seconds` (and 3 products)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or runs < 3:
+        a @ b
+        runs += 1
+        if runs % 10 == 0:
+            synchronize(device)
+    synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - started)
 
 
 def visible_gpus() -> int:
