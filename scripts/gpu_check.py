@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import resource
 import signal
 import sys
 import tempfile
@@ -99,7 +98,7 @@ def polars_stand_in():
 
 
 with polars_stand_in():
-    from learnalign_pipeline.core.compute import ComputeConfig, gemm_peak, synchronize
+    from learnalign_pipeline.core.compute import ComputeConfig, PeakMemory, gemm_peak, synchronize
     from learnalign_pipeline.core.policy.generation import SamplingSpec, SeededGumbelSampler
     from learnalign_pipeline.core.selection.capture import capture_features, linear_layers
     from learnalign_pipeline.core.selection.features import memory_budget, planned_features, planned_peak
@@ -232,36 +231,9 @@ def rollout_lists(prompt_lens: list[int], completion_lens: list[list[int]], voca
     return prompts, completions, advantages
 
 
-class PeakMemory:
-    """Peak allocated and reserved bytes above what was held when it started: CUDA's allocator statistics, or
-    on the CPU the peak resident set (/proc/self/clear_refs resets it) for both (plumbing only)."""
-
-    def __init__(self, device):
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            self.allocated, self.reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
-        else:
-            with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.allocated = self.reserved = _rss("VmRSS")
-
-    def columns(self) -> dict:
-        if self.device.type == "cuda":
-            allocated = torch.cuda.max_memory_allocated(self.device) - self.allocated
-            reserved = torch.cuda.max_memory_reserved(self.device) - self.reserved
-        else:
-            allocated = reserved = _rss("VmHWM") - self.allocated
-        return {"peak alloc GiB": f"{allocated / 2**30:.3f}", "peak reserved GiB": f"{reserved / 2**30:.3f}"}
-
-
-def _rss(field: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field)) * 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def memory_columns(peak: PeakMemory) -> dict:
+    allocated, reserved = peak.peak_bytes()
+    return {"peak alloc GiB": f"{allocated / 2**30:.3f}", "peak reserved GiB": f"{reserved / 2**30:.3f}"}
 
 
 def rates(tokens: int, flops: float, seconds: float, peak_flops: float) -> dict:
@@ -381,7 +353,7 @@ def check_features(label, name, model, device, compute, shapes, arms, peak_flops
                 f"{label} features [{name}]",
                 f"{arm}: {tokens} tokens, {planned.sub_batches} sub-batches, budget {budget / 2**30:.1f} GiB",
                 **rates(tokens, flops, seconds, peak_flops),
-                **peak.columns(),
+                **memory_columns(peak),
                 **{"estimate GiB": f"{planned.bytes / 2**30:.3f}"},
             )
         except torch.OutOfMemoryError:
@@ -440,7 +412,7 @@ def check_batched_vs_loop(name, model, device, compute, shapes, peak_flops):
                 f"3 batched vs loop [{name}]",
                 f"{key}: {problems} problems, {problems / times[key]:.2f} problems/s",
                 **rates(tokens[key], flops[key], times[key], peak_flops),
-                **peak.columns(),
+                **memory_columns(peak),
             )
         report(
             f"3 batched vs loop [{name}]",
@@ -575,7 +547,7 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
                 f"step {steps} of {steps}: {rows} rows, {generated:.0f} generated + {trained:.0f} trained tokens, "
                 f"{timer.times[-1]:.1f} s (first {timer.times[0]:.1f} s)",
                 **rates(int(trained), flops, timer.times[-1], peak_flops),
-                **peak.columns(),
+                **memory_columns(peak),
             )
             report(label, "loss, kl (last step)", f"{logged['loss']:.4g}, {logged.get('kl', 0.0):.3g}")
         except torch.OutOfMemoryError:
