@@ -1,6 +1,7 @@
 """Resumable GRPO training on TRL checkpoints: stopped after k steps and resumed, training ends with the same bytes
 as an uninterrupted run; a checkpoint is used only when its seal matches (one killed mid-save, or changed since,
-is skipped); its files hold no whole-object pickle and resume reads them weights-only. A SIGKILLed stage resuming
+is skipped); its files hold no whole-object pickle and resume reads them weights-only; one training state is kept,
+the older one deleted only once the newer one is sealed, and the last step writes none. A SIGKILLed stage resuming
 through Dagster: tests/integration/test_crash_and_concurrency.py."""
 
 import dataclasses
@@ -16,10 +17,11 @@ from learnalign_pipeline.core.compute import ComputeConfig
 from learnalign_pipeline.core.policy.model import save_policy
 from learnalign_pipeline.core.task.config import TaskConfig
 from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
+from learnalign_pipeline.core.training import trl_engine
 from learnalign_pipeline.core.training.trl_engine import SEAL, TRLRun, newest_sealed_checkpoint, train_run
 
 STOP_AT = 3  # stopped while logging step 3: checkpoint-2 is the newest sealed one
-GRPO = GRPOConfig(steps=4, problems_per_step=3, num_samples=4, learning_rate=1e-2, seed=3, checkpoint_every=2)
+GRPO = GRPOConfig(steps=5, problems_per_step=3, num_samples=4, learning_rate=1e-2, seed=3, checkpoint_every=2)
 
 
 class Stop(Exception):
@@ -123,3 +125,32 @@ def test_a_changed_or_unsealed_checkpoint_is_skipped_and_training_starts_over(in
     assert summary["resumed_from"] is None and "skipping checkpoint" in warnings[0]
     _, _, expected = uninterrupted
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_a_finished_run_keeps_one_training_state_and_writes_none_at_its_last_step(uninterrupted):
+    _, state, _ = uninterrupted
+    # states at steps 2 and 4: 2 deleted once 4 was sealed; step 5 is the last, its policy is published instead
+    assert [p.name for p in state.glob("*/checkpoint-*")] == ["checkpoint-4"]
+    assert newest_sealed_checkpoint(state) == state / "0" / "checkpoint-4"
+
+
+def test_killed_while_sealing_the_newest_state_resumes_exactly_from_the_previous_one(
+    inputs, uninterrupted, monkeypatch
+):
+    hash_file = trl_engine.sha256_file
+
+    def dies_while_sealing_checkpoint_4(path):
+        if Path(path).parent.name == "checkpoint-4":
+            raise Stop  # as if the process died while the seal of checkpoint-4 was being computed
+        return hash_file(path)
+
+    monkeypatch.setattr(trl_engine, "sha256_file", dies_while_sealing_checkpoint_4)
+    with pytest.raises(Stop):
+        _train(inputs, "killed_sealing")
+    monkeypatch.undo()
+    state = inputs / "killed_sealing" / "state"
+    assert newest_sealed_checkpoint(state) == state / "0" / "checkpoint-2"  # kept until a newer one is sealed
+    summary, _, weights = _train(inputs, "killed_sealing")
+    assert summary["resumed_from"] == "0/checkpoint-2"
+    _, _, expected = uninterrupted
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)  # bitwise
