@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from testing_utils import ParityReward
+from transformers import TrainerState
 
 from learnalign_pipeline.core.compute import ComputeConfig
 from learnalign_pipeline.core.policy.model import save_policy
 from learnalign_pipeline.core.task.config import TaskConfig
-from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
 from learnalign_pipeline.core.training import trl_engine
+from learnalign_pipeline.core.training.config import GRPOConfig, TrainerConfig
 from learnalign_pipeline.core.training.trl_engine import SEAL, TRLRun, newest_sealed_checkpoint, train_run
 
 STOP_AT = 3  # stopped while logging step 3: checkpoint-2 is the newest sealed one
@@ -41,8 +42,11 @@ def inputs(tokenizer, problems, tmp_path_factory):
     return root
 
 
-def _train(inputs: Path, name: str, stop_at: int | None = None, warnings=None) -> tuple[dict, Path, dict]:
+def _train(
+    inputs: Path, name: str, stop_at: int | None = None, warnings=None, attempt: str = "0"
+) -> tuple[dict, Path, dict]:
     run = TRLRun(
+        attempt=attempt,
         start=str(inputs / "start"),
         problems=str(inputs / "problems.parquet"),
         output=str(inputs / name / "out"),
@@ -151,6 +155,27 @@ def test_killed_while_sealing_the_newest_state_resumes_exactly_from_the_previous
     state = inputs / "killed_sealing" / "state"
     assert newest_sealed_checkpoint(state) == state / "0" / "checkpoint-2"  # kept until a newer one is sealed
     summary, _, weights = _train(inputs, "killed_sealing")
+    assert summary["resumed_from"] == "0/checkpoint-2"
+    _, _, expected = uninterrupted
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)  # bitwise
+
+
+def test_a_state_deleted_by_its_attempt_during_another_attempts_resume_still_resumes_exactly(
+    inputs, uninterrupted, stopped, monkeypatch
+):
+    """Two runs of a stage at once: attempt 1 resumes from attempt 0's state while attempt 0, having sealed a newer
+    one, deletes it. HF reads the state in several passes and silently starts over (step 0, fresh optimizer, the
+    loaded weights) when trainer_state.json or the optimizer is gone by its second pass."""
+    state = shutil.copytree(stopped, inputs / "deleted_meanwhile" / "state")
+    load_state = TrainerState.load_from_json
+
+    def deleted_after_the_first_read(path):
+        loaded = load_state(path)
+        shutil.rmtree(state / "0" / "checkpoint-2", ignore_errors=True)  # attempt 0 sealed a newer state
+        return loaded
+
+    monkeypatch.setattr(TrainerState, "load_from_json", deleted_after_the_first_read)
+    summary, _, weights = _train(inputs, "deleted_meanwhile", attempt="1")
     assert summary["resumed_from"] == "0/checkpoint-2"
     _, _, expected = uninterrupted
     assert all(torch.equal(weights[k], expected[k]) for k in expected)  # bitwise
