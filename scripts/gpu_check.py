@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import resource
 import signal
 import sys
 import tempfile
@@ -99,11 +98,11 @@ def polars_stand_in():
 
 
 with polars_stand_in():
-    from learnalign_pipeline.core.compute import ComputeConfig
+    from learnalign_pipeline.core.compute import ComputeConfig, PeakMemory, gemm_peak, synchronize
     from learnalign_pipeline.core.policy.generation import SamplingSpec, SeededGumbelSampler
     from learnalign_pipeline.core.selection.capture import capture_features, linear_layers
-    from learnalign_pipeline.core.selection.features import memory_budget, planned_features, problem_lengths
-    from learnalign_pipeline.core.selection.memory import ModelShape, feature_memory, plan_sub_batches
+    from learnalign_pipeline.core.selection.features import memory_budget, planned_features, planned_peak
+    from learnalign_pipeline.core.selection.memory import ModelShape, feature_memory
     from learnalign_pipeline.core.selection.projection import KroneckerProjector
     from learnalign_pipeline.core.training.grpo import (
         GRPOLossConfig,
@@ -232,41 +231,9 @@ def rollout_lists(prompt_lens: list[int], completion_lens: list[list[int]], voca
     return prompts, completions, advantages
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Peak allocated and reserved bytes above what was held when it started: CUDA's allocator statistics, or
-    on the CPU the peak resident set (/proc/self/clear_refs resets it) for both (plumbing only)."""
-
-    def __init__(self, device):
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            self.allocated, self.reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
-        else:
-            with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.allocated = self.reserved = _rss("VmRSS")
-
-    def columns(self) -> dict:
-        if self.device.type == "cuda":
-            allocated = torch.cuda.max_memory_allocated(self.device) - self.allocated
-            reserved = torch.cuda.max_memory_reserved(self.device) - self.reserved
-        else:
-            allocated = reserved = _rss("VmHWM") - self.allocated
-        return {"peak alloc GiB": f"{allocated / 2**30:.3f}", "peak reserved GiB": f"{reserved / 2**30:.3f}"}
-
-
-def _rss(field: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field)) * 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def memory_columns(peak: PeakMemory) -> dict:
+    allocated, reserved = peak.peak_bytes()
+    return {"peak alloc GiB": f"{allocated / 2**30:.3f}", "peak reserved GiB": f"{reserved / 2**30:.3f}"}
 
 
 def rates(tokens: int, flops: float, seconds: float, peak_flops: float) -> dict:
@@ -276,31 +243,6 @@ def rates(tokens: int, flops: float, seconds: float, peak_flops: float) -> dict:
         "TFLOP/s": f"{achieved / 1e12:.3g}",
         "MFU": f"{achieved / peak_flops:.1%}",
     }
-
-
-def feature_flops(shape: ModelShape, prompt_tokens: int, completion_tokens: int, checkpointing: bool) -> float:
-    """FLOPs of one feature pass (module docstring): frozen weights, 4N per token; the checkpointed completion
-    layers and the row-chunked head (recomputed under checkpointing) 6N."""
-    layers = shape.layers * shape.layer_matmul_parameters()
-    head = shape.vocab * shape.hidden
-    completion = 6 if checkpointing else 4
-    return 2 * (2 * prompt_tokens * layers + completion / 2 * completion_tokens * (layers + head))
-
-
-def gemm_peak(device, dtype, size: int, seconds: float = 2.0) -> float:
-    """FLOP/s of square matmuls in `dtype` here (the denominator of every MFU)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    synchronize(device)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        a @ b
-        runs += 1
-        if runs % 10 == 0:
-            synchronize(device)
-    synchronize(device)
-    return 2 * size**3 * runs / (time.perf_counter() - started)
 
 
 def check_versions(device, compute) -> None:
@@ -404,28 +346,19 @@ def check_features(label, name, model, device, compute, shapes, arms, peak_flops
             run()
             synchronize(device)
             seconds = time.perf_counter() - started
-            groups, chunk = plan_sub_batches(problem_lengths(whole), shapes["samples"], memory, budget)
-            estimate = memory.fixed_bytes() + max(
-                memory.batch_bytes(len(g), shapes["samples"], *_padded(whole, g), chunk) for g in groups
-            )
+            planned = planned_peak(whole, memory, budget)
             tokens = prompt_tokens + completion_tokens
-            flops = feature_flops(shape, prompt_tokens, completion_tokens, checkpointing)
+            flops = shape.feature_flops(prompt_tokens, completion_tokens, checkpointing)
             report(
                 f"{label} features [{name}]",
-                f"{arm}: {tokens} tokens, {len(groups)} sub-batches, budget {budget / 2**30:.1f} GiB",
+                f"{arm}: {tokens} tokens, {planned.sub_batches} sub-batches, budget {budget / 2**30:.1f} GiB",
                 **rates(tokens, flops, seconds, peak_flops),
-                **peak.columns(),
-                **{"estimate GiB": f"{estimate / 2**30:.3f}"},
+                **memory_columns(peak),
+                **{"estimate GiB": f"{planned.bytes / 2**30:.3f}"},
             )
         except torch.OutOfMemoryError:
             report(f"{label} features [{name}]", arm, "OOM")
             torch.cuda.empty_cache()
-
-
-def _padded(batch, group: list[int]) -> tuple[int, int]:
-    """(longest prompt, longest completion) of the problems in `group` of a rollout batch."""
-    lengths = problem_lengths(batch)
-    return max(lengths[p][0] for p in group), max(lengths[p][1] for p in group)
 
 
 def check_batched_vs_loop(name, model, device, compute, shapes, peak_flops):
@@ -461,7 +394,7 @@ def check_batched_vs_loop(name, model, device, compute, shapes, peak_flops):
 
     loop_tokens = sum(int(one.attention_mask.sum()) for one in singles)  # the loop runs every row's prompt
     flops = {
-        "batched": feature_flops(shape, prompt_tokens, completion_tokens, True),
+        "batched": shape.feature_flops(prompt_tokens, completion_tokens, True),
         "loop": 6 * shape.matmul_parameters() * loop_tokens,
     }
     tokens = {"batched": prompt_tokens + completion_tokens, "loop": loop_tokens}
@@ -479,7 +412,7 @@ def check_batched_vs_loop(name, model, device, compute, shapes, peak_flops):
                 f"3 batched vs loop [{name}]",
                 f"{key}: {problems} problems, {problems / times[key]:.2f} problems/s",
                 **rates(tokens[key], flops[key], times[key], peak_flops),
-                **peak.columns(),
+                **memory_columns(peak),
             )
         report(
             f"3 batched vs loop [{name}]",
@@ -614,7 +547,7 @@ def check_trl_steps(name, device, compute, shapes, peak_flops):
                 f"step {steps} of {steps}: {rows} rows, {generated:.0f} generated + {trained:.0f} trained tokens, "
                 f"{timer.times[-1]:.1f} s (first {timer.times[0]:.1f} s)",
                 **rates(int(trained), flops, timer.times[-1], peak_flops),
-                **peak.columns(),
+                **memory_columns(peak),
             )
             report(label, "loss, kl (last step)", f"{logged['loss']:.4g}, {logged.get('kl', 0.0):.3g}")
         except torch.OutOfMemoryError:

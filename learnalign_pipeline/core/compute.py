@@ -5,12 +5,18 @@ in bfloat16, which resolves about 2**-8); on CUDA the forward and backward passe
 CPU everything stays float32, which keeps CPU runs bitwise reproducible. Every tensor a core function creates is
 made on the device of the tensors it works on; tests run the core paths with a `meta` default device, so a
 factory call that forgets its `device=` fails there instead of on a GPU.
+
+`gemm_peak` measures what the device's matmuls reach, the denominator of every utilization figure the benchmarks
+report (scripts/gpu_check.py, scripts/bench_smollm2.py): measured, not a datasheet's; `PeakMemory` the peak memory
+of a span of work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -104,6 +110,64 @@ def shard_gpus(shard: int, gpus_per_shard: int, gpu_count: int) -> list[int]:
     blocks = max(1, gpu_count // gpus_per_shard)
     first = (shard % blocks) * gpus_per_shard
     return [(first + i) % gpu_count for i in range(gpus_per_shard)]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a timer read before this measures nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 2.0) -> float:
+    """FLOP/s of `size`^3 matmuls in `dtype` on `device`, run for at least `seconds` (and 3 products)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or runs < 3:
+        a @ b
+        runs += 1
+        if runs % 10 == 0:
+            synchronize(device)
+    synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - started)
+
+
+class PeakMemory:
+    """Peak bytes above what was held when it started: CUDA's allocator statistics (allocated, reserved), or on the
+    CPU the peak resident set (reset through /proc/self/clear_refs) for both. The resident set follows live tensors
+    only where glibc hands freed blocks back at once: a process started with MALLOC_MMAP_THRESHOLD_=65536 (else the
+    CPU figure is a lower bound)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.allocated, self.reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+        else:
+            with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.allocated = self.reserved = _resident_bytes("VmRSS")
+
+    def peak_bytes(self) -> tuple[int, int]:
+        """(allocated, reserved) at the peak since the start, less what was held then."""
+        if self.device.type == "cuda":
+            allocated = torch.cuda.max_memory_allocated(self.device) - self.allocated
+            reserved = torch.cuda.max_memory_reserved(self.device) - self.reserved
+            return allocated, reserved
+        peak = _resident_bytes("VmHWM") - self.allocated
+        return peak, peak
+
+
+def _resident_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process; getrusage's lifetime peak where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field)) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def visible_gpus() -> int:

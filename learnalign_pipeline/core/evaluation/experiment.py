@@ -422,6 +422,7 @@ def run_seed(
     features: FeatureConfig,
     task: TaskConfig,
     log: Callable[[str], None] = lambda message: None,
+    arm_done: Callable[[], None] = lambda: None,
 ) -> SeedResult:
     """One full pipeline for `seed`: warm-up, scoring, every arm on both pools, evaluations, diagnostics."""
     s = _Seed(seed, base_model, tokenizer, problems, config, grpo, features, task, log)
@@ -476,6 +477,7 @@ def run_seed(
             accuracy += [{"seed": seed, "pool": pool, "arm": arm, **r} for r in rows]
             target = [r["accuracy"] for r in rows if r["eval_set"] == "target"]
             log(f"seed {seed} {pool} {arm}: target accuracy " + " -> ".join(f"{100 * a:.1f}" for a in target))
+            arm_done()
 
     columns = ["seed", "pool", "arm", "step", "eval_set", "accuracy", "num_correct", "num_samples"]
     return SeedResult(

@@ -28,10 +28,12 @@ from .projection import ExactGradients, Projector
 __all__ = [
     "ExactGradients",
     "FeatureBatchResult",
+    "PlannedPeak",
     "gradient_features",
     "features_for_rates",
     "loop_gradients",
     "planned_features",
+    "planned_peak",
 ]
 
 CPU_BUDGET_BYTES = 4 << 30  # a fixed default on CPU keeps sub-batches (and so the features' rounding) reproducible
@@ -123,8 +125,7 @@ def planned_features(
     """The stage's inner loop, without polars (the GPU check runs it as is): split the rollout batch `whole` into
     the sub-batches `plan_sub_batches` picks under `budget` and capture each one's features ([problems, width]
     float32 on the CPU, in order). `batch_of(indices)` builds the batch of those problems alone (padded to them)."""
-    samples = int(torch.bincount(whole.problem_index).max())
-    groups, head_chunk = plan_sub_batches(problem_lengths(whole), samples, estimator, budget)
+    groups, head_chunk = plan_sub_batches(problem_lengths(whole), samples_per_problem(whole), estimator, budget)
     blocks = []
     for group in groups:
         batch = whole if len(groups) == 1 else batch_of(group)
@@ -142,6 +143,33 @@ def planned_features(
         )
         blocks.append(features.float().cpu())
     return blocks
+
+
+@dataclass(frozen=True)
+class PlannedPeak:
+    """The estimator's figure for one `planned_features` call."""
+
+    bytes: int  # the weight copies plus the largest sub-batch the planner picks
+    tokens: int  # padded tokens of that sub-batch (prompts once, completions K times): a per-token figure's divisor
+    sub_batches: int
+
+
+def planned_peak(whole, estimator: FeatureMemory, budget: int) -> PlannedPeak:
+    """What the estimator says `planned_features` on `whole` under `budget` holds at its peak."""
+    lengths, samples = problem_lengths(whole), samples_per_problem(whole)
+    groups, head_chunk = plan_sub_batches(lengths, samples, estimator, budget)
+    peaks = []
+    for group in groups:
+        prompt, completion = max(lengths[p][0] for p in group), max(lengths[p][1] for p in group)
+        batch = estimator.batch_bytes(len(group), samples, prompt, completion, head_chunk)
+        peaks.append((batch, len(group) * (prompt + samples * completion)))
+    batch, tokens = max(peaks)
+    return PlannedPeak(estimator.fixed_bytes() + batch, tokens, len(groups))
+
+
+def samples_per_problem(batch) -> int:
+    """K: the most rollout rows any problem of the batch has."""
+    return int(torch.bincount(batch.problem_index).max())
 
 
 def problem_lengths(batch) -> list[tuple[int, int]]:

@@ -47,6 +47,16 @@ class ModelShape:
         """N of the FLOP counts: every matmul weight, the output head once (tied or not); no embedding lookup."""
         return self.layers * self.layer_matmul_parameters() + self.vocab * self.hidden
 
+    def feature_flops(self, prompt_tokens: int, completion_tokens: int, checkpointing: bool) -> float:
+        """FLOPs of one gradient-feature pass (attention scores left out): the weights are frozen, so a token costs
+        4N (forward 2N, activation gradient 2N); completion tokens also run the head, and with activation
+        checkpointing their layers and the row-chunked head run forward again (6N). Prompt tokens, shared by a
+        problem's K completions, count once and skip the head."""
+        layers = self.layers * self.layer_matmul_parameters()
+        head = self.vocab * self.hidden
+        completion = 6 if checkpointing else 4
+        return 4 * prompt_tokens * layers + completion * completion_tokens * (layers + head)
+
     @classmethod
     def of(cls, config, parameters: int = 0) -> ModelShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -69,8 +69,9 @@ class GRPOConfig:
     seed: int = setting(0, "seed of batch order and sampling")
     checkpoint_every: int = setting(
         10,
-        "save the full training state (weights, optimizer, RNG, log) every this many steps, so a killed run resumes "
-        "from it and ends bitwise equal to an uninterrupted one; 0 disables it. Does not change the result.",
+        "save the full training state (fp32 weights, optimizer, RNG, log) every this many steps, so a killed run "
+        "resumes from it and ends bitwise equal to an uninterrupted one; only the newest sealed state is kept and the "
+        "last step writes none; 0 disables it. Does not change the result.",
     )
     on_nonfinite: Literal["fail", "exclude"] = setting(
         "fail",

@@ -26,6 +26,8 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -121,7 +123,7 @@ def trl_args(
         "vllm_gpu_memory_utilization": trainer.vllm_memory_utilization,
         "save_strategy": "steps" if grpo.checkpoint_every else "no",
         "save_steps": grpo.checkpoint_every or 1,
-        "save_total_limit": 1,
+        "save_total_limit": None,  # StateSealer deletes an older state only once a newer one is sealed
         "logging_steps": 1,
         "report_to": "none",
         "disable_tqdm": True,
@@ -278,22 +280,101 @@ def seal_checkpoint(path: Path) -> None:
     os.replace(scratch, path / SEAL)
 
 
-def newest_sealed_checkpoint(state_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+def remove_older_states(path: Path) -> None:
+    """Delete the training states of `path`'s attempt older than `path` (seal first: a state half deleted by a kill
+    is unsealed, never half trusted)."""
+    step = int(path.name.split("-")[-1])
+    for older in path.parent.glob("checkpoint-*"):
+        if older.name.split("-")[-1].isdigit() and int(older.name.split("-")[-1]) < step:
+            (older / SEAL).unlink(missing_ok=True)
+            shutil.rmtree(older)
+
+
+class StateSealer:
+    """Seals each training state on a thread beside training (sha256 of the 18.5 GB state at 1.5B is tens of
+    seconds of CPU, which the next steps' compute hides), then deletes the attempt's older states. A state is
+    deleted only once a newer one is sealed, so a kill at any moment leaves the newest sealed state on disk; at most
+    one sealed state of an attempt stays there, with its optimizer state. `wait` before reading the states."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def seal(self, path: Path) -> None:
+        self.wait()  # one state at a time, in step order
+        self._thread = threading.Thread(target=self._seal, args=(path,), name=f"seal {path.name}")
+        self._thread.start()
+
+    def _seal(self, path: Path) -> None:
+        try:
+            seal_checkpoint(path)
+            remove_older_states(path)
+        except BaseException as error:  # re-raised in the training thread by `wait`
+            self._error = error
+
+    def wait(self) -> None:
+        """Until the last state is sealed (and older ones deleted); raises what sealing raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def newest_sealed_checkpoint(
+    state_dir: Path, warn: Callable[[str], None] | None = None, into: Path | None = None
+) -> Path | None:
     """The newest `<attempt>/checkpoint-<step>` under `state_dir` whose files all match its seal. One killed while
     being written has no seal; one changed afterwards fails its digests; both are skipped (training resumes from an
-    older one, or starts over: the same result, later)."""
-    found = [p for p in state_dir.glob("*/checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+    older one, or starts over: the same result, later). With `into` (the resuming attempt's directory), another
+    attempt's state is hard-linked to `into/<its name>` first and the links are verified (each file hashed once):
+    its attempt deletes it once it sealed a newer one, and HF, reading a state in several passes, silently starts
+    over (step 0, fresh optimizer) when a file is gone by its second pass; the links keep the files."""
+    tried: set[Path] = set()
+    while True:  # listed again after each candidate: one deleted meanwhile has a newer sealed one
+        found = [p for p in state_dir.glob("*/checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        found = sorted(set(found) - tried, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        if into is not None:
+            found = [p for p in found if p.parent == into or not (into / p.name).exists()]
+        if not found:
+            return None
+        path = found[0]
+        tried.add(path)
+        local = path if into is None or path.parent == into else into / path.name
         try:
-            files = json.loads((path / SEAL).read_text())
-            changed = [name for name, digest in files.items() if sha256_file(path / name) != digest]
+            if local != path:
+                shutil.copytree(path, local, copy_function=_link_or_copy)
+            files = json.loads((local / SEAL).read_text())
+            changed = [name for name, digest in files.items() if sha256_file(local / name) != digest]
         except (OSError, ValueError) as error:
             changed = [f"{SEAL} ({type(error).__name__})"]
         if not changed:
             return path
+        if local != path:
+            shutil.rmtree(local, ignore_errors=True)
         if warn:
             warn(f"skipping checkpoint {path}: unsealed or changed ({', '.join(changed[:3])})")
-    return None
+
+
+def _resume_point(state_dir: Path, attempt_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """`newest_sealed_checkpoint(state_dir, into=attempt_dir)`, looked up by the first process and shared with the
+    others, so each file is linked and hashed once."""
+    found = [None]
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        found = [newest_sealed_checkpoint(state_dir, warn, into=attempt_dir)]
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(source, target)
 
 
 HISTORY_KEYS = {  # our training-log column -> TRL's logged metric
@@ -360,9 +441,11 @@ def train_run(
     checkpoints = Path(run.state_dir) / run.attempt
     history: list[dict] = []
     skipped: dict[int, int] = {}
+    sealer = StateSealer()
 
     class Steps(TrainerCallback):
-        """Stops (or skips) a step whose gradient is not finite, seals checkpoints, reports each step."""
+        """Stops (or skips) a step whose gradient is not finite, seals checkpoints (none at the last step), reports
+        each step."""
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -382,6 +465,10 @@ def train_run(
             for p in model.parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment decay
 
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False  # HF saves at the end; the trained policy is published right after
+
         def on_save(self, args, state, control, **kwargs):
             _barrier()  # every rank has written its part of the checkpoint (optimizer shards, RNG state)
             records = _gathered(reward.records) if run.record_rollouts else []
@@ -392,7 +479,7 @@ def train_run(
                 (path / "training_args.bin").unlink(missing_ok=True)
                 if run.record_rollouts:
                     _records_frame(records).write_parquet(path / ROLLOUT_RECORDS)
-                seal_checkpoint(path)
+                sealer.seal(path)
             _barrier()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -421,13 +508,17 @@ def train_run(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    resume = newest_sealed_checkpoint(Path(run.state_dir), warn=warn)
-    if resume is not None and trainer.accelerator.is_main_process:  # what was logged and recorded before it
-        history.extend(_history_from_state(resume))
+    resume = _resume_point(Path(run.state_dir), checkpoints, warn)
+    local = checkpoints / resume.name if resume else None  # this attempt's links to it (or itself)
+    if local is not None and trainer.accelerator.is_main_process:  # what was logged and recorded before it
+        history.extend(_history_from_state(local))
         if run.record_rollouts:
-            reward.records.extend(pl.read_parquet(resume / ROLLOUT_RECORDS).to_dicts())
+            reward.records.extend(pl.read_parquet(local / ROLLOUT_RECORDS).to_dicts())
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(local) if local else None)
+    finally:
+        sealer.wait()  # a state still being sealed when training ends or fails is finished (a kill leaves it unsealed)
     seconds = time.perf_counter() - started
     dtype = torch.float32 if trainer_config.handoff_dtype == "float32" else checkpoint_dtype(run.start)
     _save_final(trainer, tokenizer, Path(run.output), Path(run.start), history, dtype)

@@ -135,14 +135,19 @@ def _shard(step: Step, work: dict) -> dict:
     models = load_policy(step.inputs["experiment_base_policy"].path) if todo else None
     runs_per_seed = len(config.arms) + len(config.coin_flip_arms)
     with step_progress(step.context, len(todo) * runs_per_seed, "arm runs") as progress:
-
-        def log(message: str) -> None:
-            step.context.log.info(message)
-            progress({})
-
         for seed in todo:
             started = time.perf_counter()
-            result = run_seed(seed, *models, step.inputs["experiment_problems"], config, grpo, FEATURES, task, log)
+            result = run_seed(
+                seed,
+                *models,
+                step.inputs["experiment_problems"],
+                config,
+                grpo,
+                FEATURES,
+                task,
+                log=step.context.log.info,
+                arm_done=lambda: progress({}),  # one tick per trained arm (curriculum rounds log but do not count)
+            )
             for table in TABLES:
                 atomic_write_bytes(_seed_path(ns, seed, table), frame_bytes(getattr(result, table)))
             seconds[str(seed)] = round(time.perf_counter() - started, 1)
