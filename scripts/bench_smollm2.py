@@ -404,6 +404,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_smollm2"), help="conversion and scratch files")
     parser.add_argument("--out", type=Path, default=Path("bench_smollm2.json"), help="every figure, as JSON")
     args = parser.parse_args()
+    from learnalign_pipeline.lib.console import quiet_libraries
+
+    quiet_libraries()  # one line per stage: vLLM's and transformers' logs and bars stay off the console
     if args.child:
         print(json.dumps(measure_features(json.loads(args.child))))
         return
