@@ -32,7 +32,9 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    # vLLM's CPU build warns on every engine start (no tcmalloc, no Triton, eager mode): advice, not errors
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings (the CPU worker's NUMA binding notice)
 }
 
 
