@@ -3,6 +3,7 @@ and check that every asset ends with the digest of an uninterrupted run.
 
     python scripts/fault_injection.py --work /tmp/faults --kills 3 --enospc 2 --seed 0 [--preset smoke]
         [--assets raw_problems,pretrained_policy,...]      # a part of learnalign_job (default: `learnalign demo`)
+    python scripts/fault_injection.py --work /tmp/faults --kills 0 --enospc 0 --full-disk 3   # as root
     python scripts/fault_injection.py --work /tmp/faults --replay kill:17   # one trial again, from its seed
 
 1. The reference: one uninterrupted run in a fresh `LEARNALIGN_HOME`, counting the files it opens for writing
@@ -12,7 +13,10 @@ and check that every asset ends with the digest of an uninterrupted run.
    with `--kill-by time`, after a time drawn from s in [1 s, the reference's wall time] instead.
 3. An ENOSPC trial (seed s): the n-th write raises `OSError(ENOSPC)` ("No space left on device"), as a full disk
    does; the run must fail (or finish) and leave nothing that a rerun would read.
-4. After either, the normal command again on the same home (it recovers the killed run first), which must succeed;
+4. A full-disk trial (seed s, `--full-disk`, needs root): the home is a tmpfs whose size is drawn from s in [5%, 100%]
+   of the reference home's final size, so every writer fills it, native code included (safetensors, DuckDB, the
+   instance's SQLite); before the rerun the tmpfs is grown to 2 GiB, as an operator frees space.
+5. After any of them, the normal command again on the same home (it recovers the killed run first), which must succeed;
    then every asset's latest recorded sha256 is compared with the reference's.
 
 The stage hit is the step (or steps) the killed or failed run had started and not finished, read from its event
@@ -21,9 +25,8 @@ a time-indexed kill lands near the same point, timing permitting. The report is 
 (trials, stages hit, identical outcomes), also written to `<work>/report.json`. Exit status 1 if any rerun failed or
 any digest differed.
 
-Writes outside Python (safetensors' and DuckDB's native code, SQLite) are not counted or failed here; a
-size-limited filesystem (`mount -t tmpfs -o size=...` over the artifact root, where the machine allows it) covers
-them.
+Writes outside Python (safetensors' and DuckDB's native code, SQLite) are not counted or failed by the audit hook;
+the full-disk trials cover them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+FREED_DISK = 2 << 30  # the tmpfs size for the rerun after a full-disk trial
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -171,10 +175,32 @@ def stages_hit(home: Path) -> list[str]:
         return unfinished + failed or ["between steps"]
 
 
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _mount_tmpfs(home: Path, size: int) -> None:
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(home)], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"--full-disk needs root and tmpfs (mount -t tmpfs): {done.stderr.decode().strip()}")
+
+
+def _grow_tmpfs(home: Path, size: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(home)], check=True)
+
+
+def _unmount(home: Path) -> None:
+    subprocess.run(["umount", str(home)], check=True)
+
+
 def reference(args, work: Path) -> dict:
     path = work / "reference.json"
     if path.exists():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        if "home_bytes" not in result:  # references written before the full-disk trials
+            result["home_bytes"] = _tree_bytes(work / "reference")
+            path.write_text(json.dumps(result, indent=1, sort_keys=True))
+        return result
     home = work / "reference"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -183,6 +209,7 @@ def reference(args, work: Path) -> dict:
     if code != 0:
         raise SystemExit(f"the uninterrupted run failed (exit {code}); see {work / 'reference.log'}")
     result = {"wall_s": wall, "writes": int(count.read_text()), "digests": digests(home), "assets": args.assets}
+    result["home_bytes"] = _tree_bytes(home)
     path.write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
 
@@ -195,20 +222,32 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
     log = work / f"{kind}-{seed}.log"
     at = rng.randint(1, ref["writes"])
     kill_after = None
-    if kind == "kill" and args.kill_by == "time":
+    fault = f"write {at}"
+    if kind == "full":
+        at = rng.randint(max(1, ref["home_bytes"] // 20), ref["home_bytes"])
+        fault = f"disk {at / 1e6:.2f} MB"
+        _mount_tmpfs(home, at)
+        command = _command(args)
+    elif kind == "kill" and args.kill_by == "time":
         at, kill_after = 0, rng.uniform(1.0, ref["wall_s"])
+        fault = f"after {kill_after:.1f} s"
         command = _command(args)
     else:
         command = _command(args, "kill" if kind == "kill" else "enospc", at)
     code, wall = _run(command, home, log, kill_after)
+    if kind == "full":
+        _grow_tmpfs(home, FREED_DISK)
     hit = stages_hit(home)
-    fired = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("fault_injection: ")]
+    lines = log.read_text(errors="replace").splitlines()
+    fired = [line for line in lines if line.startswith("fault_injection: ")]
+    if kind == "full":  # the first write the full disk refused, as the run reported it
+        fired = [f"fault_injection: {line.strip()[:160]}" for line in lines if "No space left" in line][:1]
     rerun_code, rerun_wall = _run(_command(args), home, log)
     got = digests(home)
     differing = sorted(k for k in set(ref["digests"]) | set(got) if ref["digests"].get(k) != got.get(k))
     record = {
         "trial": f"{kind}:{seed}",
-        "fault": f"write {at}" if kill_after is None else f"after {kill_after:.1f} s",
+        "fault": fault,
         "target": fired[-1].rsplit(": ", 1)[-1] if fired else "",
         "faulted_exit": code,
         "stages_hit": hit,
@@ -218,6 +257,8 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
         "wall_s": round(wall + rerun_wall, 1),
     }
     if record["identical"] and not args.keep:
+        if kind == "full":
+            _unmount(home)
         shutil.rmtree(home, ignore_errors=True)
     return record
 
@@ -231,9 +272,9 @@ def harness(args) -> int:
         kind, seed = args.replay.split(":")
         plan = [(kind, int(seed))]
     else:
-        plan = [("kill", args.seed + i) for i in range(args.kills)] + [
-            ("enospc", args.seed + i) for i in range(args.enospc)
-        ]
+        plan = [("kill", args.seed + i) for i in range(args.kills)]
+        plan += [("enospc", args.seed + i) for i in range(args.enospc)]
+        plan += [("full", args.seed + i) for i in range(args.full_disk)]
     records = []
     for kind, seed in plan:
         record = trial(args, work, ref, kind, seed)
@@ -262,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--enospc", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="trial i uses seed + i")
+    parser.add_argument("--full-disk", type=int, default=0, help="full-disk trials (a size-limited tmpfs; root)")
     parser.add_argument("--kill-by", choices=["write", "time"], default="write")
     parser.add_argument("--replay", default="", help="run one trial again: kind:seed, e.g. kill:17")
     parser.add_argument("--keep", action="store_true", help="keep the homes of identical trials too")

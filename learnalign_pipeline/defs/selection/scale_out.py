@@ -5,7 +5,8 @@ Workers must reach the artifact and row-cache roots (shared storage on a real cl
 `LEARNALIGN_HOME`. Launch with `LEARNALIGN_GPU_POOL=""` in the launcher's and the workers' environment:
 dagster-dask 0.29.27 cannot submit a run with pooled steps (see `lib/tags.py` GPU_POOL). Start every worker with
 `--resources GPU=<its GPUs>`: each shard holds `GPU=LEARNALIGN_GPUS_PER_STEP` while it runs (a worker without that
-resource is never given a shard).
+resource is never given a shard). Dask queues a stage's shards beside the plan step's output and its work stealing
+moves them to workers with a free GPU.
 """
 
 import dagster as dg
