@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -222,7 +223,34 @@ def dev(extra: list[str], recover_every_s: float = 30.0) -> int:
     return 0 if stopping else process.returncode
 
 
+def disk_full(error: BaseException | None) -> bool:
+    """Is a full disk behind this error? ENOSPC anywhere in its chain, or SQLite's words for it."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        # A full disk is the machine's state, not a bug: one line, not a library's traceback.
+        home = os.environ.get("LEARNALIGN_HOME", "LEARNALIGN_HOME")
+        print(
+            f"learnalign: the disk under {home} is full ({str(error).splitlines()[0][:200]}). Free space, then run "
+            "the same command again: it recovers the stopped run and keeps every published artifact.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="learnalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
