@@ -10,7 +10,9 @@ and check that every asset ends with the digest of an uninterrupted run.
    under the home (a Python audit hook sees every `open` for writing made from Python).
 2. A kill trial (seed s): a fresh home, the same command, SIGKILL of the process (its training processes die with
    it: parent-death signal) when it opens its n-th file for writing, n drawn from s in [1, the reference's count];
-   with `--kill-by time`, after a time drawn from s in [1 s, the reference's wall time] instead.
+   with `--kill-by time`, after a time drawn from s in [1 s, the reference's wall time] instead; with
+   `--kill-by stage`, inside a stage: trial i takes the reference's stages in turn (the console's `▶` lines) and
+   kills after a time drawn from s within that stage's duration in the reference, counted from its `▶` line.
 3. An ENOSPC trial (seed s): the n-th write raises `OSError(ENOSPC)` ("No space left on device"), as a full disk
    does; the run must fail (or finish) and leave nothing that a rerun would read.
 4. A full-disk trial (seed s, `--full-disk`, needs root): the home is a tmpfs whose size is drawn from s in [5%, 100%]
@@ -44,6 +46,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+STAGE_MARK = "▶ "  # the console's stage start line
+POLL_S = 0.05
 FREED_DISK = 2 << 30  # the tmpfs size for the rerun after a full-disk trial
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -118,20 +122,44 @@ def _command(args, fault: str = "none", at: int = 0, count_file: Path | None = N
 
 def _environment(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    return {**env, "LEARNALIGN_HOME": str(home), "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+    # Unbuffered, so the console's stage lines reach the log as they are printed (stage-indexed kills read them).
+    return {
+        **env,
+        "LEARNALIGN_HOME": str(home),
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
-def _run(command: list[str], home: Path, log: Path, kill_after: float | None = None) -> tuple[int, float]:
-    """Run `command` in its own process group; SIGKILL the group after `kill_after` seconds if given."""
+def _stage_starts(log: Path, offset: int) -> list[str]:
+    """The stages whose start line (`▶ name`) this run has printed to `log` so far, in order."""
+    text = log.read_bytes()[offset:].decode("utf-8", "replace")
+    return [line[len(STAGE_MARK) :].strip() for line in text.splitlines() if line.startswith(STAGE_MARK)]
+
+
+def _run(
+    command: list[str], home: Path, log: Path, kill_after: float | None = None, kill_in: str | None = None
+) -> tuple[int, float, dict[str, float]]:
+    """Run `command` in its own process group; SIGKILL the group `kill_after` seconds after it starts, or, with
+    `kill_in`, after its stage `kill_in` starts. Returns the exit code, the wall time and when each stage started."""
     started = time.perf_counter()
+    offset = log.stat().st_size if log.exists() else 0
+    stage_started: dict[str, float] = {}
     with open(log, "ab") as out:
         process = subprocess.Popen(command, env=_environment(home), stdout=out, stderr=out, start_new_session=True)
-        try:
-            code = process.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            code = process.wait()
-    return code, time.perf_counter() - started
+        deadline = None if kill_in else kill_after
+        while process.poll() is None:
+            now = time.perf_counter() - started
+            for stage in _stage_starts(log, offset):
+                stage_started.setdefault(stage, now)
+            if kill_in in stage_started and deadline is None:
+                deadline = stage_started[kill_in] + kill_after
+            if deadline is not None and now >= deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            time.sleep(POLL_S)
+        code = process.wait()
+    return code, time.perf_counter() - started, stage_started
 
 
 def _instance(home: Path):
@@ -193,6 +221,13 @@ def _unmount(home: Path) -> None:
     subprocess.run(["umount", str(home)], check=True)
 
 
+def _durations(stage_started: dict[str, float], wall: float) -> dict[str, float]:
+    """Each stage's duration: from its start line to the next stage's (the last one: to the end of the run)."""
+    order = sorted(stage_started.items(), key=lambda item: item[1])
+    ends = [t for _, t in order[1:]] + [wall]
+    return {name: round(end - t, 2) for (name, t), end in zip(order, ends)}
+
+
 def reference(args, work: Path) -> dict:
     path = work / "reference.json"
     if path.exists():
@@ -200,15 +235,18 @@ def reference(args, work: Path) -> dict:
         if "home_bytes" not in result:  # references written before the full-disk trials
             result["home_bytes"] = _tree_bytes(work / "reference")
             path.write_text(json.dumps(result, indent=1, sort_keys=True))
+        if "stages" not in result and args.kill_by == "stage":
+            raise SystemExit(f"{path} predates stage-indexed kills: use a new --work directory")
         return result
     home = work / "reference"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     count = work / "reference_writes.txt"
-    code, wall = _run(_command(args, count_file=count), home, work / "reference.log")
+    code, wall, stage_started = _run(_command(args, count_file=count), home, work / "reference.log")
     if code != 0:
         raise SystemExit(f"the uninterrupted run failed (exit {code}); see {work / 'reference.log'}")
     result = {"wall_s": wall, "writes": int(count.read_text()), "digests": digests(home), "assets": args.assets}
+    result["stages"] = _durations(stage_started, wall)
     result["home_bytes"] = _tree_bytes(home)
     path.write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
@@ -221,7 +259,7 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
     home.mkdir(parents=True)
     log = work / f"{kind}-{seed}.log"
     at = rng.randint(1, ref["writes"])
-    kill_after = None
+    kill_after, kill_in = None, None
     fault = f"write {at}"
     if kind == "full":
         at = rng.randint(max(1, ref["home_bytes"] // 20), ref["home_bytes"])
@@ -232,9 +270,15 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
         at, kill_after = 0, rng.uniform(1.0, ref["wall_s"])
         fault = f"after {kill_after:.1f} s"
         command = _command(args)
+    elif kind == "kill" and args.kill_by == "stage":
+        stages = sorted(ref["stages"], key=ref["stages"].get, reverse=True)
+        kill_in = stages[(seed - args.seed) % len(stages)]
+        at, kill_after = 0, rng.uniform(0.0, ref["stages"][kill_in])
+        fault = f"{kill_after:.1f} s into {kill_in}"
+        command = _command(args)
     else:
         command = _command(args, "kill" if kind == "kill" else "enospc", at)
-    code, wall = _run(command, home, log, kill_after)
+    code, wall, _ = _run(command, home, log, kill_after, kill_in)
     if kind == "full":
         _grow_tmpfs(home, FREED_DISK)
     hit = stages_hit(home)
@@ -242,7 +286,7 @@ def trial(args, work: Path, ref: dict, kind: str, seed: int) -> dict:
     fired = [line for line in lines if line.startswith("fault_injection: ")]
     if kind == "full":  # the first write the full disk refused, as the run reported it
         fired = [f"fault_injection: {line.strip()[:160]}" for line in lines if "No space left" in line][:1]
-    rerun_code, rerun_wall = _run(_command(args), home, log)
+    rerun_code, rerun_wall, _ = _run(_command(args), home, log)
     got = digests(home)
     differing = sorted(k for k in set(ref["digests"]) | set(got) if ref["digests"].get(k) != got.get(k))
     record = {
@@ -304,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enospc", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="trial i uses seed + i")
     parser.add_argument("--full-disk", type=int, default=0, help="full-disk trials (a size-limited tmpfs; root)")
-    parser.add_argument("--kill-by", choices=["write", "time"], default="write")
+    parser.add_argument("--kill-by", choices=["write", "time", "stage"], default="write")
     parser.add_argument("--replay", default="", help="run one trial again: kind:seed, e.g. kill:17")
     parser.add_argument("--keep", action="store_true", help="keep the homes of identical trials too")
     parser.add_argument("--fault", default="none", choices=["none", "kill", "enospc"], help=argparse.SUPPRESS)
