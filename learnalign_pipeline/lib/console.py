@@ -35,6 +35,8 @@ QUIET_ENV = {
     # vLLM's CPU build warns on every engine start (no tcmalloc, no Triton, eager mode): advice, not errors
     "VLLM_LOGGING_LEVEL": "ERROR",
     "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings (the CPU worker's NUMA binding notice)
+    # Python warnings in the processes steps start (vLLM's engine, training launches); this process filters its own
+    "PYTHONWARNINGS": "ignore",
 }
 
 

@@ -100,6 +100,7 @@ class VLLMBackend:
                     tensor_parallel_size=s.tensor_parallel_size,
                     seed=s.seed,
                     generation_config="vllm",
+                    use_tqdm_on_load=False,  # the engine process's weight-loading bar: the console shows stages
                     **chunked,
                     **batch,
                 )
