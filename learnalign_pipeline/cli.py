@@ -225,7 +225,9 @@ def dev(extra: list[str], recover_every_s: float = 30.0) -> int:
 
 def disk_full(error: BaseException | None) -> bool:
     """Is a full disk behind this error? ENOSPC anywhere in its chain, or SQLite's words for it."""
-    while error is not None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             return True
         if "database or disk is full" in str(error):
@@ -242,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # A full disk is the machine's state, not a bug: one line, not a library's traceback.
         home = os.environ.get("LEARNALIGN_HOME", "LEARNALIGN_HOME")
+        detail = (str(error).splitlines() or [""])[0][:200]
         print(
-            f"learnalign: the disk under {home} is full ({str(error).splitlines()[0][:200]}). Free space, then run "
+            f"learnalign: the disk under {home} is full ({detail}). Free space, then run "
             "the same command again: it recovers the stopped run and keeps every published artifact.",
             file=sys.stderr,
         )
