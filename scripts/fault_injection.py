@@ -34,6 +34,7 @@ the full-disk trials cover them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -155,7 +156,8 @@ def _run(
             if kill_in in stage_started and deadline is None:
                 deadline = stage_started[kill_in] + kill_after
             if deadline is not None and now >= deadline:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
+                    os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(POLL_S)
         code = process.wait()
