@@ -34,17 +34,14 @@ import time
 
 import torch
 
+from learnalign_pipeline.core.compute import PeakMemory
+
 SHAPES = {  # name -> TinyPolicyConfig fields; both have >= 10M parameters
     "wide 4L h512": dict(hidden_size=512, intermediate_size=1408, num_layers=4, num_heads=8, num_kv_heads=2),
     "deep 16L h256": dict(hidden_size=256, intermediate_size=704, num_layers=16, num_heads=4, num_kv_heads=1),
 }
 ARMS = ("before", "in-hook", "in-hook + checkpointing")
 PROBLEMS, SAMPLES, LENGTHS = 4, 8, (32, 96)
-
-
-def rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def capture_then_project(model, reference, batch, loss, layers, projector):
@@ -163,9 +160,7 @@ def measure_features(arm: str, shape: str, completion_len: int, precision: str =
                 autocast_dtype=autocast,
             ).features
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident set size
-    base = rss_kib("VmRSS")
+    peak = PeakMemory(torch.device("cpu"))  # the resident set's peak from here on
     started = time.perf_counter()
     run()
     return {
@@ -174,7 +169,7 @@ def measure_features(arm: str, shape: str, completion_len: int, precision: str =
         "completion_len": completion_len,
         "tokens": tokens,
         "params": sum(p.numel() for p in model.parameters()),
-        "peak_bytes": (rss_kib("VmHWM") - base) * 1024,
+        "peak_bytes": peak.peak_bytes()[0],
         "estimate_bytes": predicted,
         "fixed_bytes": estimate.fixed_bytes(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -187,9 +182,7 @@ def measure_sampler(arm: str, steps: int) -> dict:
     rows, vocab = 32, 32_000
     spec = SamplingSpec(num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=steps)
     scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = rss_kib("VmRSS")
+    peak = PeakMemory(torch.device("cpu"))
     if arm == "before":  # the noise of every step, drawn up front (the code before issue 14)
         noise = torch.empty(rows, steps, vocab)
         for row in range(rows):
@@ -202,7 +195,7 @@ def measure_sampler(arm: str, steps: int) -> dict:
     return {
         "arm": arm,
         "steps": steps,
-        "peak_bytes": (rss_kib("VmHWM") - base) * 1024,
+        "peak_bytes": peak.peak_bytes()[0],
         "first_step_picks": picks[0][:4].tolist(),
     }
 
