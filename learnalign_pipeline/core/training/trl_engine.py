@@ -280,12 +280,18 @@ def seal_checkpoint(path: Path) -> None:
     os.replace(scratch, path / SEAL)
 
 
+def _states(pattern: str, root: Path) -> dict[Path, int]:
+    """HF's training-state directories (`checkpoint-<step>`) matching `pattern` under `root`, with their steps."""
+    found = (p for p in root.glob(pattern) if p.is_dir())
+    return {p: int(p.name.split("-")[-1]) for p in found if p.name.split("-")[-1].isdigit()}
+
+
 def remove_older_states(path: Path) -> None:
     """Delete the training states of `path`'s attempt older than `path` (seal first: a state half deleted by a kill
     is unsealed, never half trusted)."""
     step = int(path.name.split("-")[-1])
-    for older in path.parent.glob("checkpoint-*"):
-        if older.name.split("-")[-1].isdigit() and int(older.name.split("-")[-1]) < step:
+    for older, older_step in _states("checkpoint-*", path.parent).items():
+        if older_step < step:
             (older / SEAL).unlink(missing_ok=True)
             shutil.rmtree(older)
 
@@ -333,8 +339,8 @@ def newest_sealed_checkpoint(
     over (step 0, fresh optimizer) when a file is gone by its second pass; the links keep the files."""
     tried: set[Path] = set()
     while True:  # listed again after each candidate: one deleted meanwhile has a newer sealed one
-        found = [p for p in state_dir.glob("*/checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-        found = sorted(set(found) - tried, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        steps = _states("*/checkpoint-*", state_dir)
+        found = sorted(set(steps) - tried, key=steps.get, reverse=True)
         if into is not None:
             found = [p for p in found if p.parent == into or not (into / p.name).exists()]
         if not found:
