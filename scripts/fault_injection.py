@@ -34,6 +34,7 @@ the full-disk trials cover them.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
 import json
@@ -132,10 +133,19 @@ def _environment(home: Path) -> dict:
     }
 
 
-def _stage_starts(log: Path, offset: int) -> list[str]:
-    """The stages whose start line (`▶ name`) this run has printed to `log` so far, in order."""
-    text = log.read_bytes()[offset:].decode("utf-8", "replace")
-    return [line[len(STAGE_MARK) :].strip() for line in text.splitlines() if line.startswith(STAGE_MARK)]
+class _StageLines:
+    """Follows a run's log from `offset`: each call returns the stages whose start line (`▶ name`) appeared since the
+    last call (only the new bytes are read; a line is taken once it is complete)."""
+
+    def __init__(self, log: Path, offset: int):
+        self.file = open(log, "rb")
+        self.file.seek(offset)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.partial = ""
+
+    def __call__(self) -> list[str]:
+        *lines, self.partial = (self.partial + self.decoder.decode(self.file.read())).split("\n")
+        return [line[len(STAGE_MARK) :].strip() for line in lines if line.startswith(STAGE_MARK)]
 
 
 def _run(
@@ -148,10 +158,11 @@ def _run(
     stage_started: dict[str, float] = {}
     with open(log, "ab") as out:
         process = subprocess.Popen(command, env=_environment(home), stdout=out, stderr=out, start_new_session=True)
+        new_stages = _StageLines(log, offset)
         deadline = None if kill_in else kill_after
         while process.poll() is None:
             now = time.perf_counter() - started
-            for stage in _stage_starts(log, offset):
+            for stage in new_stages():
                 stage_started.setdefault(stage, now)
             if kill_in in stage_started and deadline is None:
                 deadline = stage_started[kill_in] + kill_after
@@ -161,6 +172,7 @@ def _run(
                 break
             time.sleep(POLL_S)
         code = process.wait()
+        new_stages.file.close()
     return code, time.perf_counter() - started, stage_started
 
 
