@@ -235,8 +235,8 @@ CHAT_TINY: dict = {
 # pretrained_policy converts it once into a float32 save_pretrained artifact. Chat template on, lm-eval's gsm8k
 # template and stop strings, vLLM's CPU build for rollouts and benchmarks, projected gradients over every linear
 # layer of all 30 blocks, GRPO through TRL, greedy and sampled pass@1.
-# The pool is the embedded `realistic` mix: on 16 problems per pool, K=8, 256 tokens, this model's learnable share
-# (0 < p < 1) was 50% there and 6% on GSM8K train (scripts/smollm2_pass_rates.py; docs/results.md), below the 15%
+# The pool is the embedded `realistic` mix: on 48 problems per pool, K=8, 256 tokens, this model's learnable share
+# (0 < p < 1) was 46% there and 4% on GSM8K train (scripts/smollm2_pass_rates.py; docs/results.md), below the 15%
 # a selection needs. GSM8K train stays one --config line away: ops.raw_problems.config {source: file, path:
 # ../shared/datasets/gsm8k/train.jsonl, format: gsm8k}.
 # Sized from measured rates (vLLM about 110 tokens/s on its one core); every asset ran in 17 min 51 s on 2 idle cores
