@@ -10,52 +10,14 @@ saves the screenshot and stops the server. Nothing in the home is written.
 
 import argparse
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers the UI tests use
-from testing_utils import chrome, open_ui_page  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(home: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    workspace = workdir / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: learnalign_pipeline.definitions\n"
-        f"      location_name: learnalign_pipeline\n      working_directory: {ROOT}\n"
-    )
-    env = {**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
-    env["PYTHONPATH"] = str(ROOT)
-    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
-    log = open(workdir / "webserver.log", "w")
-    process = subprocess.Popen(
-        [webserver, "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # importing torch and transformers takes minutes on a loaded 2-core machine
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"dagster-webserver exited with {process.returncode}: see {workdir / 'webserver.log'}")
-        try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("dagster-webserver did not answer within 600 s")
+sys.path.insert(0, str(ROOT / "tests"))  # the UI tests' server and browser helpers
+from testing_utils import chrome, dagster_ui, open_ui_page  # noqa: E402
 
 
 def main() -> None:
@@ -67,8 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.home / "dagster_home").is_dir():
         raise SystemExit(f"{args.home}/dagster_home does not exist: give the LEARNALIGN_HOME of a finished run")
-    with tempfile.TemporaryDirectory(prefix="learnalign-ui-") as workdir:
-        process, url = _serve(args.home.resolve(), Path(workdir))
+    home = args.home.resolve()
+    env = {**os.environ, "LEARNALIGN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
+    env["PYTHONPATH"] = str(ROOT)
+    with tempfile.TemporaryDirectory(prefix="learnalign-ui-") as workdir, dagster_ui(env, Path(workdir)) as url:
         driver = chrome(str(Path(workdir) / "profile"))
         try:
             open_ui_page(driver, f"{url}/{args.page}", f"//*[contains(normalize-space(), '{args.wait_for}')]")
@@ -77,9 +41,7 @@ def main() -> None:
                 raise SystemExit(f"the screenshot could not be written to {args.out}")
         finally:
             driver.quit()
-            process.terminate()
-            process.wait(timeout=30)
-    print(f"{args.out}: {url}/{args.page}")
+        print(f"{args.out}: {url}/{args.page}")
 
 
 if __name__ == "__main__":

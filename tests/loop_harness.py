@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,12 +38,6 @@ def tiny_run_config() -> dict:
     ops["trained_policy"]["config"].update(steps=3, problems_per_step=4, num_samples=2)
     ops["benchmark_results"]["config"].update(fewshot=0, sampled_n=0)
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def far_from_now_window() -> str:

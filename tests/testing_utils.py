@@ -4,8 +4,16 @@ then a missing capability fails the test instead of hiding it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +119,52 @@ def grpo_stage_resources(artifacts: str, max_new_tokens: int, processes: int = 1
         "trainer": TrainerSettings(processes=processes),
         "compute": ComputeSettings(device="cpu"),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dagster_ui(env: dict, workdir: Path, timeout: float = 600) -> Iterator[str]:
+    """dagster-webserver alone (no daemon: nothing runs) for this code location on a free loopback port, with `env`'s
+    LEARNALIGN_HOME and DAGSTER_HOME; its workspace file and log go in `workdir`. Yields the UI's URL once it answers."""
+    root = Path(__file__).resolve().parents[1]
+    workspace = workdir / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: learnalign_pipeline.definitions\n"
+        f"      location_name: learnalign_pipeline\n      working_directory: {root}\n"
+    )
+    port = free_port()
+    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+    command = [webserver, "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
+    url = f"http://127.0.0.1:{port}"
+    with open(workdir / "webserver.log", "w") as log:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = (
+                time.monotonic() + timeout
+            )  # importing torch and transformers takes minutes on a loaded 2-core machine
+            while not _answers(f"{url}/server_info"):
+                if process.poll() is not None:
+                    raise RuntimeError(f"dagster-webserver exited with {process.returncode}; see {log.name}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log.name}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -22,7 +22,6 @@ from loop_harness import (
     Service,
     bootstrap,
     far_from_now_window,
-    free_port,
     materializations,
     observations,
     run_summary,
@@ -31,7 +30,7 @@ from loop_harness import (
     wait_for,
     wait_for_http,
 )
-from testing_utils import chrome, open_ui_page, requires_browser
+from testing_utils import chrome, free_port, open_ui_page, requires_browser
 
 pytestmark = pytest.mark.slow
 

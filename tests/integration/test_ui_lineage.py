@@ -9,17 +9,13 @@ Set LEARNALIGN_SCREENSHOT=<path.png> to keep the lineage screenshot (docs/lineag
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from testing_utils import CHROMEDRIVER, CHROMIUM, browser_available, chrome, open_ui_page
+from testing_utils import CHROMEDRIVER, CHROMIUM, browser_available, chrome, dagster_ui, open_ui_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["benchmark_problems", "benchmark_rejected_problems", "raw_problems", "rejected_problems"]
@@ -39,26 +35,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 EDGES_QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster-webserver exited with {process.returncode}; see webserver.log")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -99,28 +75,8 @@ def server(tmp_path_factory):
             for p in graph.get(k).parent_keys
         }
 
-    port = _free_port()
-    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
-    workspace = home / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: learnalign_pipeline.definitions\n"
-        f"      location_name: learnalign_pipeline\n      working_directory: {ROOT}\n"
-    )
-    command = [webserver, "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
-    log = open(home / "webserver.log", "w")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(
-            f"http://127.0.0.1:{port}/server_info", process, timeout=600
-        )  # importing torch and transformers takes minutes on a loaded 2-core machine
-        yield f"http://127.0.0.1:{port}", keys, edges, raw
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with dagster_ui(env, workdir=home) as url:
+        yield url, keys, edges, raw
 
 
 @pytest.fixture(scope="module")
