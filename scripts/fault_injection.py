@@ -246,11 +246,8 @@ def reference(args, work: Path) -> dict:
     path = work / "reference.json"
     if path.exists():
         result = json.loads(path.read_text())
-        if "home_bytes" not in result:  # references written before the full-disk trials
-            result["home_bytes"] = _tree_bytes(work / "reference")
-            path.write_text(json.dumps(result, indent=1, sort_keys=True))
-        if "stages" not in result and args.kill_by == "stage":
-            raise SystemExit(f"{path} predates stage-indexed kills: use a new --work directory")
+        if not {"stages", "home_bytes"} <= result.keys():
+            raise SystemExit(f"{path} predates stage-indexed and full-disk trials: use a new --work directory")
         return result
     home = work / "reference"
     shutil.rmtree(home, ignore_errors=True)
