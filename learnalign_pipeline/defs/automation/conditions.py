@@ -52,9 +52,13 @@ def _window_crons(hours: tuple[int, int]) -> tuple[str, str]:
     """A cron that ticks every minute inside the window (so a daemon started inside it opens it within a minute,
     not tomorrow: a cron condition is false on a sensor's first evaluation) and the cron of its close. The hours
     are listed one by one: dagster 1.13.27's reverse cron iterator treats a one-hour range "15-15" as every hour."""
+    return f"* {','.join(str(h) for h in hours_inside(hours))} * * *", f"0 {hours[1]} * * *"
+
+
+def hours_inside(hours: tuple[int, int]) -> list[int]:
+    """The UTC hours the window covers, in order (a window may wrap past midnight: "22-02" is 22, 23, 0, 1)."""
     start, end = hours
-    inside = [h % 24 for h in range(start, end if start < end else end + 24)]
-    return f"* {','.join(str(h) for h in sorted(inside))} * * *", f"0 {end} * * *"
+    return sorted(h % 24 for h in range(start, end if start < end else end + 24))
 
 
 def loop_busy(keys: Iterable[str]) -> dg.AutomationCondition:
